@@ -1,0 +1,82 @@
+"""CPU backend: umap-learn for the manifold, scikit-learn for Isomap, K-Means, DBSCAN and GMM."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+
+import numpy as np
+
+from ..config import ClusterConfig, ManifoldConfig
+from ..errors import MFVCError
+
+log = logging.getLogger(__name__)
+
+
+class CPUBackend:
+    """Every stage after the encoder on the CPU; arrays are NumPy float32 inside."""
+
+    name = "cpu"
+
+    def handoff(self, z) -> np.ndarray:
+        """Latent codes (a torch tensor on any device, or an array) as a C-contiguous float32 array."""
+        if hasattr(z, "detach"):
+            z = z.detach().cpu().numpy()
+        return np.ascontiguousarray(z, dtype=np.float32)
+
+    def to_numpy(self, a) -> np.ndarray:
+        return np.asarray(a)
+
+    def fit_manifold(self, x: np.ndarray, cfg: ManifoldConfig, n_components: int, seed: int):
+        """Fit the manifold learner; returns (model, embedding). ``method='none'`` passes x through."""
+        if cfg.method == "none":
+            return None, x
+        if cfg.method == "umap":
+            import umap
+
+            model = umap.UMAP(
+                n_neighbors=cfg.n_neighbors,
+                min_dist=cfg.min_dist,
+                n_components=n_components,
+                metric=cfg.metric,
+                random_state=seed,
+            )
+        elif cfg.method == "isomap":
+            from sklearn.manifold import Isomap
+
+            model = Isomap(n_neighbors=cfg.n_neighbors, n_components=n_components, metric=cfg.metric)
+        else:
+            raise MFVCError(f"manifold={cfg.method!r} is not one of umap, isomap, none")
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="n_jobs value .* overridden")  # a seed turns off parallelism
+            embedding = model.fit_transform(x)
+        return model, np.ascontiguousarray(embedding, dtype=np.float32)
+
+    def transform_manifold(self, model, x: np.ndarray) -> np.ndarray:
+        if model is None:
+            return x
+        return np.ascontiguousarray(model.transform(x), dtype=np.float32)
+
+    def fit_cluster(self, u: np.ndarray, cfg: ClusterConfig, n_clusters: int, seed: int):
+        """Cluster ``u``; returns (model, labels). DBSCAN labels noise as -1."""
+        if cfg.method == "kmeans":
+            from sklearn.cluster import KMeans
+
+            model = KMeans(n_clusters=n_clusters, n_init=cfg.n_init, random_state=seed)
+        elif cfg.method == "gmm":
+            from sklearn.mixture import GaussianMixture
+
+            model = GaussianMixture(n_components=n_clusters, n_init=max(1, cfg.n_init // 5), random_state=seed)
+        elif cfg.method == "dbscan":
+            from sklearn.cluster import DBSCAN
+
+            model = DBSCAN(eps=cfg.eps, min_samples=cfg.min_samples)
+        else:
+            raise MFVCError(f"cluster={cfg.method!r} is not one of kmeans, dbscan, gmm")
+        labels = model.fit_predict(u)
+        return model, np.asarray(labels, dtype=np.int64)
+
+    def predict_cluster(self, model, u: np.ndarray) -> np.ndarray:
+        if not hasattr(model, "predict"):
+            raise MFVCError(f"{type(model).__name__} cannot label new points; use cluster='kmeans' or 'gmm' to predict")
+        return np.asarray(model.predict(u), dtype=np.int64)

@@ -1,0 +1,168 @@
+"""The ``mfvc-gpu`` command: parse arguments into a config, call the public API, report.
+
+User mistakes end with one line on stderr and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from .errors import MFVCError
+
+# Sub-commands whose code lives outside this file: module -> (name, help). Each module has
+# ``add_arguments(parser)`` and ``main(args) -> int``.
+EXTERNAL_COMMANDS = {
+    "benchmarks.bench": ("bench", "time every stage, GPU against CPU"),
+    "benchmarks.reproduce": ("reproduce", "regenerate the paper's tables and figures"),
+}
+
+
+def _add_cluster(sub) -> None:
+    p = sub.add_parser("cluster", help="cluster a data set and write a run folder",
+                       description="Train the β-VAE, embed with UMAP, cluster with K-Means; write OUT/.")
+    # Every flag defaults to None: the value then comes from --config, else from RunConfig's defaults.
+    a = p.add_argument
+    a("--dataset", help="a name from 'mfvc-gpu datasets list', a .npz/.npy file or an image folder (default: digits)")
+    a("--data-dir", help="folder searched first for the data set's files")
+    a("--split", choices=["train", "test", "all"], help="which split (default: the set's own, 'all' for the paper's protocol)")
+    a("--n-clusters", type=int, help="number of clusters (default: number of classes)")
+    a("--profile", choices=["auto", "paper", "fast"], help="training protocol (default auto: paper on CUDA, fast on CPU)")
+    a("--epochs", type=int, help="override the profile's epochs")
+    a("--batch-size", type=int, help="override the profile's batch size")
+    a("--lr", type=float, help="override the profile's learning rate")
+    a("--latent-dim", type=int, help="latent size (default 32)")
+    a("--beta", type=float, help="weight of the KL term (default 0.01)")
+    a("--attention", choices=["simam", "cbam", "none"], help="attention in every block (default simam)")
+    a("--manifold", choices=["umap", "isomap", "none"], help="manifold stage (default umap)")
+    a("--cluster", dest="cluster_method", choices=["kmeans", "dbscan", "gmm"], help="clustering stage (default kmeans)")
+    a("--n-neighbors", type=int, help="UMAP n_neighbors (default 27)")
+    a("--min-dist", type=float, help="UMAP min_dist (default 0.0)")
+    a("--knn", choices=["brute", "nn-descent"], help="cuML UMAP kNN build (default brute: zero-copy)")
+    a("--seed", type=int, help="random seed (default 0)")
+    a("--device", help="auto, cpu, cuda or cuda:N (default auto)")
+    a("--backend", choices=["auto", "cpu", "rapids"], help="where UMAP and K-Means run (default auto)")
+    a("--config", type=Path, help="a config.yaml to start from, e.g. a run folder's (flags win)")
+    a("--out", type=Path, help="run folder to write (default runs/<dataset>-seed<seed>)")
+    a("--resume", action="store_true", help="continue an interrupted run from its last epoch")
+    a("--overwrite", action="store_true", help="replace an existing run folder")
+    a("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_cluster)
+
+
+def _given(**kw) -> dict:
+    return {k: v for k, v in kw.items() if v is not None}
+
+
+def config_from_args(a: argparse.Namespace):
+    """RunConfig from --config (or the defaults), then every flag that was given."""
+    from .config import RunConfig
+
+    cfg = RunConfig.from_yaml(a.config) if a.config else RunConfig()
+    return replace(
+        cfg,
+        **_given(dataset=a.dataset, split=a.split, data_dir=a.data_dir, n_clusters=a.n_clusters, profile=a.profile,
+                 epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, seed=a.seed, device=a.device, backend=a.backend),
+        vae=replace(cfg.vae, **_given(latent_dim=a.latent_dim, beta=a.beta, attention=a.attention)),
+        manifold=replace(cfg.manifold, **_given(method=a.manifold, n_neighbors=a.n_neighbors, min_dist=a.min_dist, knn=a.knn)),
+        cluster=replace(cfg.cluster, **_given(method=a.cluster_method)),
+    )
+
+
+def cmd_cluster(a: argparse.Namespace) -> int:
+    from .runs import run_cluster
+
+    cfg = config_from_args(a)
+    out = a.out or Path("runs") / f"{Path(cfg.dataset).stem}-seed{cfg.seed}"
+    metrics = run_cluster(cfg, out, resume=a.resume, overwrite=a.overwrite, progress=not a.no_progress)
+    scores = "  ".join(f"{k.upper()} {metrics[k]:.4f}" for k in ("acc", "nmi", "purity", "ari") if k in metrics)
+    print(f"{metrics['dataset']}: {metrics['n_samples']} images, {metrics['n_clusters']} clusters, "
+          f"profile {metrics['profile']}, device {metrics['device']}, backend {metrics['backend']}")
+    if scores:
+        print(scores)
+    print("seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in metrics["timings"].items()))
+    print(f"run folder: {out}")
+    return 0
+
+
+def _add_datasets(sub) -> None:
+    p = sub.add_parser("datasets", help="list, verify or fetch data sets")
+    dsub = p.add_subparsers(dest="action", required=True)
+    for name, helptext in (("list", "each data set: found or not, where, size"), ("verify", "check found files against published checksums")):
+        q = dsub.add_parser(name, help=helptext)
+        q.add_argument("--data-dir", help="folder searched first")
+        q.add_argument("--json", action="store_true", help="machine-readable output")
+    f = dsub.add_parser("fetch", help="download a data set from its official mirrors")
+    f.add_argument("name")
+    f.add_argument("--data-dir", help="where to put the files (default: the user cache)")
+    f.add_argument("--mirror", help="base URL of another mirror serving the same file names")
+    f.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=cmd_datasets)
+
+
+def cmd_datasets(a: argparse.Namespace) -> int:
+    from .data import dataset_status, fetch, verify_dataset
+
+    if a.action == "fetch":
+        folder = fetch(a.name, a.data_dir, a.mirror, progress=not a.no_progress)
+        print(f"{a.name}: files verified in {folder}")
+        return 0
+    rows = dataset_status(a.data_dir)
+    if a.action == "verify":
+        for r in rows:
+            r["problems"] = verify_dataset(r["name"], a.data_dir) if r["found"] else []
+    if a.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        for r in rows:
+            state = "found" if r["found"] else "missing"
+            if a.action == "verify" and r["found"]:
+                state = "ok" if not r["problems"] else "BAD"
+            size = f"{r['bytes'] / 2**20:7.1f} MiB" if r["bytes"] else " " * 11
+            print(f"{r['name']:<20} {state:<8} {size}  {r['where'] or r['description']}")
+            for problem in r.get("problems", []):
+                print(f"    {problem}")
+    return 1 if a.action == "verify" and any(r.get("problems") for r in rows) else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(prog="mfvc-gpu", description="MFVC deep image clustering (β-VAE → UMAP → K-Means) on GPU or CPU")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log every step")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_cluster(sub)
+    _add_datasets(sub)
+    for module, (name, helptext) in EXTERNAL_COMMANDS.items():
+        try:
+            mod = importlib.import_module(module)
+        except ImportError:
+            continue  # an installed package without the benchmarks folder
+        p = sub.add_parser(name, help=helptext, description=(mod.__doc__ or helptext).strip().splitlines()[0])
+        mod.add_arguments(p)
+        p.set_defaults(func=mod.main)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except MFVCError as exc:
+        print(f"mfvc-gpu: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("mfvc-gpu: interrupted; a cluster run continues with --resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,180 @@
+"""Turn a data-set name or a path into float32 images in [0, 1] at 1×32×32, with labels."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import MFVCError
+from . import readers
+from .registry import REGISTRY, DatasetSpec, cache_dir, locate, search_dirs
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Dataset:
+    """Images ready for the network and what is known about them."""
+
+    name: str
+    images: np.ndarray  # (N, 1, S, S) float32 in [0, 1]
+    labels: np.ndarray | None  # (N,) int64, or None when unknown
+    n_classes: int | None
+    source: str
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+def to_unit_images(x: np.ndarray, size: int = 32, source: str = "images") -> np.ndarray:
+    """Grayscale, scaled to [0, 1], resized to ``size``×``size``: (N, 1, size, size) float32.
+
+    uint8 images are divided by 255; float images must already lie in [0, 1] (or [0, 255]).
+    Colour images (N, 3, H, W) or (N, H, W, 3) are averaged to one channel.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    x = np.asarray(x)
+    if x.ndim == 4 and x.shape[-1] in (3, 4) and x.shape[1] not in (1, 3, 4):
+        x = x.transpose(0, 3, 1, 2)  # NHWC -> NCHW
+    if x.ndim == 3:
+        x = x[:, None]
+    if x.ndim != 4 or x.shape[0] == 0:
+        raise MFVCError(f"{source}: expected a non-empty stack of images (N, H, W) or (N, C, H, W), got shape {x.shape}")
+    x = x[:, :3].astype(np.float32).mean(axis=1, keepdims=True) if x.shape[1] > 1 else x.astype(np.float32)
+    if not np.isfinite(x).all():
+        bad = int((~np.isfinite(x)).sum())
+        raise MFVCError(f"{source}: {bad} pixel values are NaN or infinite; clean the images first")
+    hi, lo = float(x.max()), float(x.min())
+    if lo < 0:
+        raise MFVCError(f"{source}: pixel values go down to {lo}; expected [0, 1] or [0, 255]")
+    if hi > 1.0:
+        if hi > 255.0:
+            raise MFVCError(f"{source}: pixel values reach {hi}; expected [0, 1] or [0, 255]")
+        x = x / 255.0
+    if x.shape[2:] != (size, size):
+        out = np.empty((len(x), 1, size, size), dtype=np.float32)
+        for i in range(0, len(x), 8192):  # batches keep the peak memory small on 100k+ sets
+            t = torch.from_numpy(np.ascontiguousarray(x[i : i + 8192]))
+            out[i : i + 8192] = F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False).clamp_(0, 1).numpy()
+        x = out
+    return np.ascontiguousarray(x, dtype=np.float32)
+
+
+def not_found_message(spec: DatasetSpec, data_dir=None) -> str:
+    where = ", ".join(str(p) for p in search_dirs(spec, data_dir))
+    how = f"run 'mfvc-gpu datasets fetch {spec.name}'" if spec.mirrors else "download the files yourself"
+    extra = " or 'apt-get install dataset-fashion-mnist'" if spec.dir_name == "fashion-mnist" else ""
+    files = ", ".join(sorted({f for fs in spec.files.values() for f in fs}))
+    return (
+        f"data set '{spec.name}' not found (looked in {where}); {how}{extra}, "
+        f"or put {files} in a folder and pass --data-dir (or set MFVC_DATA_DIR)"
+    )
+
+
+def verify_file(path: Path, spec: DatasetSpec) -> str | None:
+    """Check a file against its published checksum: None when it matches or none is known, else the problem."""
+    key = path.name if path.name in spec.md5 else path.name + ".gz"
+    if key not in spec.md5:
+        return None
+    gz_md5, raw_md5 = spec.md5[key]
+    if readers.md5_of(path) == gz_md5 or readers.md5_of(path, decompressed=True) == raw_md5:
+        return None
+    return f"{path} does not match the published checksum of {key}; it is damaged or another file — fetch it again"
+
+
+def load_dataset(name: str, split: str | None = None, data_dir=None, size: int = 32, verify: bool = True) -> Dataset:
+    """Load a named data set or a user path (``.npz``, ``.npy``, a folder of images).
+
+    Parameters
+    ----------
+    name : a registry name (``mfvc-gpu datasets list``) or a path.
+    split : "train", "test" or "all"; default: the set's own default (the paper's "all").
+    data_dir : a folder searched first (the files directly, or in ``<name>/``).
+    size : side of the square images handed to the network.
+    verify : check known files against their published checksums.
+    """
+    path = Path(name).expanduser()
+    if name.lower() not in REGISTRY:
+        if path.exists():
+            return _load_path(path, size)
+        known = ", ".join(sorted(REGISTRY))
+        raise MFVCError(f"unknown data set '{name}': not a file or folder, and not one of {known}")
+    spec = REGISTRY[name.lower()]
+    split = split or spec.default_split
+    if spec.kind == "sklearn":
+        if split not in ("all", "train"):
+            raise MFVCError(f"data set '{spec.name}' has no split '{split}'; it has only 'all'")
+        from sklearn.datasets import load_digits
+
+        d = load_digits()
+        x = d.images.astype(np.float32) / 16.0
+        return Dataset(spec.name, to_unit_images(x, size, spec.name), d.target.astype(np.int64), spec.n_classes, "scikit-learn")
+    if split not in spec.splits:
+        raise MFVCError(f"data set '{spec.name}' has no split '{split}'; choose one of {', '.join(spec.splits)}")
+    paths = locate(spec, split, data_dir)
+    if paths is None:
+        raise MFVCError(not_found_message(spec, data_dir))
+    if verify:
+        for p in paths:
+            problem = verify_file(p, spec)
+            if problem:
+                raise MFVCError(problem)
+    parts = list(spec.files) if split == "all" else [split]
+    if spec.kind == "usps":
+        x, y = readers.read_usps_h5(paths[0], split)
+    else:
+        by_name = {p.name.removesuffix(".gz"): p for p in paths}
+        xs, ys = [], []
+        for part in parts:
+            img, lab = (by_name[f.removesuffix(".gz")] for f in spec.files[part])
+            xi, yi = readers.read_idx_pair(img, lab, transpose=spec.kind == "emnist")
+            xs.append(xi)
+            ys.append(yi)
+        x, y = np.concatenate(xs), np.concatenate(ys)
+    if spec.name == "emnist-letters":
+        y = y - 1  # letters are labelled 1..26
+    log.info("loaded %s (%s): %d images from %s", spec.name, split, len(x), paths[0].parent)
+    return Dataset(spec.name, to_unit_images(x, size, spec.name), y, spec.n_classes, str(paths[0].parent))
+
+
+def _load_path(path: Path, size: int) -> Dataset:
+    if path.is_dir():
+        x, y, classes = readers.read_image_folder(path)
+        n_classes = len(classes) or None
+    elif path.suffix == ".npz":
+        x, y = readers.read_npz(path)
+        n_classes = len(np.unique(y)) if y is not None else None
+    elif path.suffix == ".npy":
+        x, y = readers.read_npy(path)
+        n_classes = None
+    else:
+        raise MFVCError(f"{path}: unsupported file type '{path.suffix}'; use .npz, .npy or a folder of images")
+    return Dataset(path.stem or path.name, to_unit_images(x, size, str(path)), y, n_classes, str(path))
+
+
+def dataset_status(data_dir=None) -> list[dict]:
+    """For ``datasets list``: every registered set, whether it is found, where, and its size on disk."""
+    rows = []
+    for name, spec in REGISTRY.items():
+        if spec.kind == "sklearn":
+            rows.append(dict(name=name, found=True, where="scikit-learn", bytes=0, description=spec.description))
+            continue
+        paths = locate(spec, "all" if len(spec.files) > 1 else next(iter(spec.files)), data_dir)
+        rows.append(
+            dict(
+                name=name,
+                found=paths is not None,
+                where=str(paths[0].parent) if paths else "",
+                bytes=sum(p.stat().st_size for p in paths) if paths else 0,
+                description=spec.description,
+            )
+        )
+    return rows
+
+
+__all__ = ["Dataset", "load_dataset", "to_unit_images", "dataset_status", "verify_file", "cache_dir"]
