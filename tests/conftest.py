@@ -1,0 +1,72 @@
+"""Shared fixtures; the ``gpu`` and ``rapids`` markers skip where the hardware or cuML is absent."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+# The official MNIST files live in shared/data/mnist beside the checkout (never in the repo).
+MNIST_DIR = Path(os.environ.get("MFVC_TEST_MNIST_DIR", REPO.parent / "shared" / "data" / "mnist"))
+FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
+
+
+def _cuda() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except Exception:
+        return False
+
+
+def _rapids() -> bool:
+    from mfvc_gpu.backends import rapids_available
+
+    return _cuda() and rapids_available()
+
+
+def pytest_collection_modifyitems(config, items):
+    skip_gpu = pytest.mark.skip(reason="needs an NVIDIA GPU with CUDA-enabled torch; none here")
+    skip_rapids = pytest.mark.skip(reason="needs cuML/cuDF (RAPIDS) on a CUDA GPU; not installed here")
+    has_cuda, has_rapids = _cuda(), None
+    for item in items:
+        if "gpu" in item.keywords and not has_cuda:
+            item.add_marker(skip_gpu)
+        if "rapids" in item.keywords:
+            has_rapids = _rapids() if has_rapids is None else has_rapids
+            if not has_rapids:
+                item.add_marker(skip_rapids)
+
+
+@pytest.fixture(scope="session")
+def mnist_dir() -> Path:
+    if not (MNIST_DIR / "t10k-images-idx3-ubyte.gz").exists():
+        pytest.skip(f"MNIST files not found in {MNIST_DIR} (set MFVC_TEST_MNIST_DIR)")
+    return MNIST_DIR
+
+
+@pytest.fixture(scope="session")
+def fashion_dir() -> Path:
+    if not (FASHION_DIR / "t10k-images-idx3-ubyte.gz").exists():
+        pytest.skip("Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
+    return FASHION_DIR
+
+
+@pytest.fixture(scope="session")
+def digits():
+    from mfvc_gpu import load_dataset
+
+    return load_dataset("digits")
+
+
+@pytest.fixture
+def blobs():
+    """Well separated 5-cluster data in 8-D (latent-like features), with labels."""
+    from sklearn.datasets import make_blobs
+
+    x, y = make_blobs(n_samples=600, n_features=8, centers=5, cluster_std=0.6, random_state=0)
+    return x.astype(np.float32), y
