@@ -8,7 +8,7 @@ from .registry import REGISTRY, DatasetSpec, cache_dir, locate, search_dirs
 def verify_dataset(name: str, data_dir=None) -> list[str]:
     """Problems found checking a data set's files against their published checksums ([] = fine)."""
     spec = REGISTRY[name]
-    paths = locate(spec, "all" if len(spec.files) > 1 else next(iter(spec.files)), data_dir) or []
+    paths = locate(spec, spec.default_split, data_dir) or []
     return [p for p in (verify_file(path, spec) for path in paths) if p]
 
 

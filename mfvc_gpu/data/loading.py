@@ -164,7 +164,7 @@ def dataset_status(data_dir=None) -> list[dict]:
         if spec.kind == "sklearn":
             rows.append(dict(name=name, found=True, where="scikit-learn", bytes=0, description=spec.description))
             continue
-        paths = locate(spec, "all" if len(spec.files) > 1 else next(iter(spec.files)), data_dir)
+        paths = locate(spec, spec.default_split, data_dir)
         rows.append(
             dict(
                 name=name,
