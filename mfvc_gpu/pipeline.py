@@ -277,8 +277,8 @@ class MFVC:
         t0 = time.perf_counter()
         feats = b.handoff(z)
         timings["handoff"] = time.perf_counter() - t0
-        self.handoff_ = dict(getattr(b, "last_handoff", {}))
-        if not bool(np.isfinite(b.to_numpy(feats)).all()):
+        finite = b.all_finite(feats) if hasattr(b, "all_finite") else bool(np.isfinite(b.to_numpy(feats)).all())
+        if not finite:
             raise MFVCError("the features contain NaN or infinite values; lower the learning rate or check the input")
         k = self.n_components or self.n_clusters
         t0 = time.perf_counter()
@@ -287,6 +287,7 @@ class MFVC:
         t0 = time.perf_counter()
         self.cluster_model_, labels = b.fit_cluster(emb, self.cluster_config_, self.n_clusters, self.random_state)
         timings["cluster"] = time.perf_counter() - t0
+        self.handoff_ = dict(getattr(b, "last_handoff", {}))  # as it stands when the labels exist
         self.latent_ = np.asarray(b.to_numpy(feats), dtype=np.float32)
         self.embedding_ = np.asarray(b.to_numpy(emb), dtype=np.float32)
         self.labels_ = np.asarray(b.to_numpy(labels), dtype=np.int64)
