@@ -28,7 +28,7 @@ def _add_cluster(sub) -> None:
                        description="Train the β-VAE, embed with UMAP, cluster with K-Means; write OUT/.")
     # Every flag defaults to None: the value then comes from --config, else from RunConfig's defaults.
     a = p.add_argument
-    a("--dataset", help="a name from 'mfvc-gpu datasets list', a .npz/.npy file or an image folder (default: digits)")
+    a("--dataset", help="a name from 'mfvc-gpu datasets list', a .npz/.npy file, an image folder, or a .csv/.parquet table of feature vectors (default: digits)")
     a("--data-dir", help="folder searched first for the data set's files")
     a("--split", choices=["train", "test", "all"], help="which split (default: the set's own, 'all' for the paper's protocol)")
     a("--n-clusters", type=int, help="number of clusters (default: number of classes)")
@@ -44,6 +44,7 @@ def _add_cluster(sub) -> None:
     a("--n-neighbors", type=int, help="UMAP n_neighbors (default 27)")
     a("--min-dist", type=float, help="UMAP min_dist (default 0.0)")
     a("--knn", choices=["brute", "nn-descent"], help="cuML UMAP kNN build (default brute: zero-copy)")
+    a("--columns", help="for a .csv/.parquet --dataset: comma-separated feature columns (default: all columns)")
     a("--seed", type=int, help="random seed (default 0)")
     a("--device", help="auto, cpu, cuda or cuda:N (default auto)")
     a("--backend", choices=["auto", "cpu", "rapids"], help="where UMAP and K-Means run (default auto)")
@@ -79,9 +80,9 @@ def cmd_cluster(a: argparse.Namespace) -> int:
 
     cfg = config_from_args(a)
     out = a.out or Path("runs") / f"{Path(cfg.dataset).stem}-seed{cfg.seed}"
-    metrics = run_cluster(cfg, out, resume=a.resume, overwrite=a.overwrite, progress=not a.no_progress)
+    metrics = run_cluster(cfg, out, resume=a.resume, overwrite=a.overwrite, progress=not a.no_progress, columns=a.columns)
     scores = "  ".join(f"{k.upper()} {metrics[k]:.4f}" for k in ("acc", "nmi", "purity", "ari") if k in metrics)
-    print(f"{metrics['dataset']}: {metrics['n_samples']} images, {metrics['n_clusters']} clusters, "
+    print(f"{metrics['dataset']}: {metrics['n_samples']} samples, {metrics['n_clusters']} clusters, "
           f"profile {metrics['profile']}, device {metrics['device']}, backend {metrics['backend']}")
     if scores:
         print(scores)

@@ -48,12 +48,21 @@ def write_labels_csv(path: Path, labels: np.ndarray, truth: np.ndarray | None) -
             w.writerow([i, int(c)] + ([int(truth[i])] if truth is not None else []))
 
 
-def run_cluster(cfg: RunConfig, out: Path, resume: bool = False, overwrite: bool = False, progress: bool = True) -> dict:
+def run_cluster(cfg: RunConfig, out: Path, resume: bool = False, overwrite: bool = False, progress: bool = True,
+                columns: str | None = None) -> dict:
     """Cluster ``cfg.dataset`` and write the run folder ``out``; returns the metrics dict.
 
     The folder is built under a hidden ``.NAME.partial`` name (which also keeps the training
-    checkpoint for ``resume``) and renamed to ``out`` only when everything is written.
+    checkpoint for ``resume``) and renamed to ``out`` only when everything is written. A
+    ``.csv``/``.parquet`` dataset is a table of feature vectors (``columns``: "a,b,c"), clustered
+    without the image encoder (:func:`mfvc_gpu.tables.run_table`).
     """
+    from .tables import is_table, run_table
+
+    if is_table(cfg.dataset):
+        return run_table(cfg, out, columns, overwrite=overwrite)
+    if columns is not None:
+        raise MFVCError("--columns applies to .csv/.parquet tables only; drop it or pass a table as --dataset")
     out = Path(out)
     _check_writable(out, overwrite)
     t0 = time.perf_counter()

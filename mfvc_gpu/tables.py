@@ -1,0 +1,266 @@
+"""Tabular feature vectors: read CSV / Parquet, cluster them, write labels and embeddings as Parquet.
+
+On the GPU path (backend ``rapids``) tables are read by cuDF straight into device memory and
+the result files are written by cuDF; on the CPU pandas (with pyarrow) does both. The image
+encoder is skipped: the chosen columns go to UMAP and K-Means as they are
+(:meth:`mfvc_gpu.MFVC.fit_features`).
+
+``mfvc-gpu cluster --dataset table.parquet --columns a,b,c --n-clusters 5`` writes a run folder
+with ``config.yaml``, ``metrics.json``, ``labels.parquet`` (``row``, ``cluster``),
+``embedding.parquet`` (one column per output dimension), ``embedding.png`` and ``model/``.
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import backends
+from .errors import MFVCError
+
+log = logging.getLogger(__name__)
+
+TABLE_SUFFIXES = (".csv", ".parquet", ".pq")
+TABLES_HINT = "install pandas and pyarrow ('pip install mfvc_gpu[tables]')"
+
+
+@dataclass
+class Table:
+    """Feature vectors read from a table.
+
+    features : (n_rows, n_columns) C-contiguous float32; NumPy (pandas) or CuPy (cuDF).
+    columns : the columns used, in that order.
+    engine : "pandas" or "cudf".
+    """
+
+    features: Any
+    columns: list[str]
+    engine: str
+    path: Path
+
+
+def is_table(name: str | os.PathLike | None) -> bool:
+    """True when ``name`` names a CSV or Parquet file (by its suffix)."""
+    return name is not None and Path(str(name)).suffix.lower() in TABLE_SUFFIXES
+
+
+def cudf_available() -> bool:
+    """True when cuDF is importable (checked without importing it)."""
+    return importlib.util.find_spec("cudf") is not None
+
+
+def wants_gpu(device: str, backend: str) -> bool:
+    """Whether a run with these settings reads its table with cuDF: exactly when
+    :func:`mfvc_gpu.backends.resolve` would place the stages on the ``rapids`` backend."""
+    if backend == "cpu" or device == "cpu":
+        return False
+    return backends.cuda_available() and backends.rapids_available() and cudf_available()
+
+
+def parse_columns(spec: str | None) -> list[str] | None:
+    """``"a,b,c"`` → ``["a", "b", "c"]``; None stays None (all columns)."""
+    if spec is None:
+        return None
+    cols = [c.strip() for c in spec.split(",")]
+    if not all(cols):
+        raise MFVCError(f"--columns {spec!r} contains an empty name; give names separated by commas, e.g. --columns a,b,c")
+    dup = sorted({c for c in cols if cols.count(c) > 1})
+    if dup:
+        raise MFVCError(f"--columns names {', '.join(dup)} more than once; give each column once")
+    return cols
+
+
+def _kind(path: Path) -> str:
+    return "csv" if path.suffix.lower() == ".csv" else "parquet"
+
+
+def table_columns(path: str | os.PathLike) -> list[str]:
+    """The column names of a CSV (its header row) or Parquet file (its schema), without reading the data."""
+    path = Path(path)
+    if not path.is_file():
+        raise MFVCError(f"table {path} not found; check the --dataset path")
+    try:
+        if _kind(path) == "csv":
+            with open(path, newline="") as f:
+                header = next(csv.reader(f), None)
+            if not header:
+                raise MFVCError(f"{path} is empty; a CSV table needs a header row with the column names")
+            return [h.strip() for h in header]
+        try:
+            import pyarrow.parquet as pq
+        except ImportError as exc:
+            raise MFVCError(f"reading Parquet needs pyarrow; {TABLES_HINT}") from exc
+        return list(pq.read_schema(path).names)
+    except MFVCError:
+        raise
+    except Exception as exc:  # a corrupt file: pyarrow and csv raise many types
+        raise MFVCError(f"cannot read the table {path}: {exc}") from exc
+
+
+def select_columns(path: str | os.PathLike, columns: list[str] | None) -> list[str]:
+    """Check ``columns`` against the table's header; None means every column."""
+    available = table_columns(path)
+    if columns is None:
+        return available
+    missing = [c for c in columns if c not in available]
+    if missing:
+        raise MFVCError(f"column(s) {', '.join(missing)} not in {Path(path).name}; its columns are {', '.join(available)}")
+    return list(columns)
+
+
+def _check_frame(df, cols: list[str], path: Path) -> None:
+    """Numeric columns only, no missing values (same checks for pandas and cuDF frames)."""
+    bad = [c for c in cols if getattr(df[c].dtype, "kind", "O") not in "biuf"]
+    if bad:
+        raise MFVCError(f"column(s) {', '.join(bad)} of {path.name} are not numeric; choose numeric ones with --columns")
+    missing = [c for c in cols if int(df[c].isna().sum()) > 0]
+    if missing:
+        raise MFVCError(f"column(s) {', '.join(missing)} of {path.name} have missing values; fill or drop them first")
+
+
+def read_features(path: str | os.PathLike, columns: list[str] | None = None, gpu: bool = False) -> Table:
+    """Read the feature columns of a CSV or Parquet table as float32 rows.
+
+    Parameters
+    ----------
+    path : a ``.csv``, ``.parquet`` or ``.pq`` file.
+    columns : the feature columns, in order; None takes every column (all must be numeric).
+    gpu : read with cuDF into device memory (a CuPy array) instead of pandas (a NumPy array).
+    """
+    path = Path(path)
+    cols = select_columns(path, columns)
+    if gpu:
+        import cudf
+        import cupy
+
+        df = cudf.read_csv(path, usecols=cols) if _kind(path) == "csv" else cudf.read_parquet(path, columns=cols)
+        _check_frame(df, cols, path)
+        x = cupy.ascontiguousarray(df[cols].astype("float32").to_cupy())  # cuDF gives column-major
+        xp, engine = cupy, "cudf"
+    else:
+        try:
+            import pandas as pd
+        except ImportError as exc:
+            raise MFVCError(f"reading tables needs pandas; {TABLES_HINT}") from exc
+        df = pd.read_csv(path, usecols=cols) if _kind(path) == "csv" else pd.read_parquet(path, columns=cols)
+        _check_frame(df, cols, path)
+        x = np.ascontiguousarray(df[cols].to_numpy(dtype=np.float32))
+        xp, engine = np, "pandas"
+    if len(x) == 0:
+        raise MFVCError(f"{path.name} has no rows")
+    if not bool(xp.isfinite(x).all()):
+        raise MFVCError(f"{path.name} holds infinite values (or values too large for float32) in {', '.join(cols)}")
+    return Table(x, cols, engine, path)
+
+
+def write_parquet(path: str | os.PathLike, data: Mapping[str, Any], gpu: bool = False) -> Path:
+    """Write the 1-D arrays in ``data`` as the columns of a Parquet file, atomically.
+
+    The file is written under a temporary name in the same folder and renamed, so ``path`` is
+    either absent or complete. ``gpu`` writes with cuDF, else pandas.
+    """
+    path = Path(path)
+    lengths = {len(v) for v in data.values()}
+    if len(lengths) > 1:
+        raise ValueError(f"columns of different lengths: {sorted(lengths)}")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        if gpu:
+            import cudf
+
+            cudf.DataFrame(dict(data)).to_parquet(tmp, index=False)
+        else:
+            import pandas as pd
+
+            pd.DataFrame({k: np.asarray(v) for k, v in data.items()}).to_parquet(tmp, index=False)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_results(folder: Path, labels, embedding, prefix: str = "umap", gpu: bool = False) -> None:
+    """``labels.parquet`` (row, cluster) and ``embedding.parquet`` (``prefix_0`` …) in ``folder``."""
+    xp = np
+    if gpu:
+        import cupy as xp
+    labels = xp.asarray(labels, dtype=xp.int64)
+    embedding = xp.asarray(embedding, dtype=xp.float32)
+    write_parquet(folder / "labels.parquet", {"row": xp.arange(len(labels), dtype=xp.int64), "cluster": labels}, gpu)
+    cols = {f"{prefix}_{i}": xp.ascontiguousarray(embedding[:, i]) for i in range(embedding.shape[1])}
+    write_parquet(folder / "embedding.parquet", cols, gpu)
+
+
+def run_table(cfg, out: Path, columns: str | None = None, overwrite: bool = False) -> dict:
+    """Cluster the rows of the table ``cfg.dataset`` (UMAP + K-Means, no encoder); write run folder ``out``.
+
+    Returns the metrics dict (also written to ``metrics.json``). Needs ``cfg.n_clusters``: a
+    table has no classes to count.
+    """
+    from .pipeline import MFVC
+    from .plotting import plot_embedding
+    from .runs import _check_writable, partial_dir
+
+    out = Path(out)
+    _check_writable(out, overwrite)
+    if not cfg.n_clusters:
+        raise MFVCError(f"{Path(cfg.dataset).name} is a table with no classes to count clusters from; pass --n-clusters")
+    gpu = wants_gpu(cfg.device, cfg.backend)
+    t0 = time.perf_counter()
+    table = read_features(cfg.dataset, parse_columns(columns), gpu=gpu)
+    t_load = time.perf_counter() - t0
+    cfg = replace(cfg, encoder="none")
+    est = MFVC.from_config(cfg, progress=False)
+    est.fit_features(table.features)
+    metrics: dict = dict(
+        n_samples=int(len(table.features)),
+        n_features=len(table.columns),
+        columns=table.columns,
+        n_clusters=int(cfg.n_clusters),
+        dataset=Path(cfg.dataset).name,
+        backend=est.backend_,
+        device=est.device_,
+        profile=est.profile_,
+        table_engine=table.engine,
+        timings=dict(load=t_load, **est.timings_),
+        handoff=est.handoff_,
+    )
+    if est.placement_note_:
+        metrics["note"] = est.placement_note_
+    work = partial_dir(out)
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    try:
+        cfg.to_yaml(work / "config.yaml")
+        (work / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        method = cfg.manifold.method
+        write_results(work, est.labels_, est.embedding_, method if method != "none" else "feature", gpu=gpu)
+        title = f"{metrics['dataset']}: {metrics['n_samples']} rows, {cfg.n_clusters} clusters"
+        plot_embedding(est.embedding_, est.labels_, work / "embedding.png", title)
+        est.save(work / "model")
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(work, out)
+    return metrics
+
+
+__all__ = ["Table", "is_table", "parse_columns", "table_columns", "select_columns", "read_features", "write_parquet",
+           "write_results", "run_table", "wants_gpu", "cudf_available", "TABLE_SUFFIXES"]
