@@ -1,0 +1,183 @@
+"""GPU check: the gpu/rapids tests, then a short end-to-end run, with the handoff evidence printed.
+
+Run on a machine with an NVIDIA GPU, from the repository root::
+
+    python -m benchmarks.gpu_check [--data-dir DIR] [--epochs 5] [--json gpu_check.json]
+
+Steps, each printed as it finishes:
+
+1. the environment: torch / CUDA / GPU, and whether CuPy, cuML and cuDF import;
+2. ``pytest -m "gpu or rapids"`` (the tests skip with a reason where a library is missing);
+3. torch → CuPy through DLPack on a 70 000 × 32 tensor (MNIST-sized latent codes): both
+   pointers, the seconds, and the device→host bytes CUPTI saw (needs torch and CuPy only);
+4. a short end-to-end run (β-VAE for ``--epochs`` epochs → UMAP → K-Means) on MNIST-test, or
+   on scikit-learn's digits when MNIST is not found, with ``MFVC_TRACE_COPIES=1``: per-stage
+   seconds, pointers, bytes copied, the kNN build and ACC; with cuML, the same latent once more
+   with ``knn="nn-descent"`` to show the copy that build makes.
+
+Without cuML the run takes the mixed mode (encoder on the GPU, UMAP and K-Means on the CPU) and
+says so; without CuPy step 3 is skipped. Sized to finish within 8 minutes on one H200.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+BUDGET_S = 8 * 60
+TEST_LIMIT_S = 300
+
+
+def _version(module: str) -> str | None:
+    try:
+        return str(importlib.import_module(module).__version__)
+    except Exception:  # absent or broken: both mean "not usable here"
+        return None
+
+
+def environment() -> dict:
+    import torch
+
+    env = dict(python=sys.version.split()[0], torch=torch.__version__, torch_cuda=torch.version.cuda,
+               cuda_available=torch.cuda.is_available(), cupy=_version("cupy"), cuml=_version("cuml"), cudf=_version("cudf"))
+    if env["cuda_available"]:
+        env["gpu"] = torch.cuda.get_device_name(0)
+    return env
+
+
+def run_tests(limit_s: float, data_dir: str | None) -> dict:
+    cmd = [sys.executable, "-m", "pytest", "-m", "gpu or rapids", "-q", "-rs", "-p", "no:cacheprovider", "tests"]
+    env = dict(os.environ)
+    if data_dir:
+        env["MFVC_TEST_MNIST_DIR"] = data_dir
+    t0 = time.perf_counter()
+    try:
+        p = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=limit_s)
+        lines = (p.stdout + p.stderr).strip().splitlines()
+        rc, tail = p.returncode, lines[-25:]
+    except subprocess.TimeoutExpired as exc:
+        out = exc.stdout.decode() if isinstance(exc.stdout, bytes) else (exc.stdout or "")
+        rc, tail = "timeout", out.strip().splitlines()[-25:]
+    return dict(returncode=rc, seconds=round(time.perf_counter() - t0, 1), summary=tail[-1] if tail else "", tail=tail)
+
+
+def dlpack_figures(n: int = 70_000, d: int = 32) -> dict:
+    """torch → CuPy on one tensor: pointers, seconds, and CUPTI's device→host count."""
+    import torch
+
+    from mfvc_gpu.backends import interop
+
+    z = torch.randn(n, d, device="cuda")
+    torch.cuda.synchronize()
+    rec: dict = {}
+    t0 = time.perf_counter()
+    with interop.trace_device_to_host(rec):
+        a = interop.torch_to_cupy(z)
+    seconds = time.perf_counter() - t0
+    back = interop.cupy_to_torch(a)
+    return dict(shape=[n, d], torch_ptr=z.data_ptr(), cupy_ptr=int(a.data.ptr), same_pointer=z.data_ptr() == int(a.data.ptr),
+                back_to_torch_ptr=back.data_ptr(), seconds_traced=round(seconds, 4), cupti_device_to_host=rec)
+
+
+def load_images(data_dir: str | None):
+    from mfvc_gpu import load_dataset
+    from mfvc_gpu.errors import MFVCError
+
+    candidates = [data_dir, os.environ.get("MFVC_TEST_MNIST_DIR"), REPO.parent / "shared" / "data" / "mnist",
+                  REPO / "shared" / "data" / "mnist", None]
+    for d in candidates:
+        try:
+            return load_dataset("mnist", split="test", data_dir=d)
+        except MFVCError:
+            continue
+    return load_dataset("digits")
+
+
+def end_to_end(data_dir: str | None, epochs: int, with_cuml: bool) -> dict:
+    import numpy as np
+    import torch
+
+    from mfvc_gpu import MFVC, cluster_acc
+
+    os.environ["MFVC_TRACE_COPIES"] = "1"
+    ds = load_images(data_dir)
+    est = MFVC(n_clusters=ds.n_classes, epochs=epochs, batch_size=256, device="cuda", backend="auto", progress=False,
+               random_state=0).fit(ds.images)
+    res = dict(dataset=ds.name, n=len(ds), epochs=epochs, backend=est.backend_, device=est.device_, note=est.placement_note_,
+               acc=round(cluster_acc(ds.labels, est.labels_), 4), timings={k: round(v, 3) for k, v in est.timings_.items()},
+               handoff=est.handoff_)
+    if with_cuml and est.backend_ == "rapids":
+        z = torch.from_numpy(np.ascontiguousarray(est.latent_)).cuda()
+        nnd = MFVC(n_clusters=ds.n_classes, knn="nn-descent", device="cuda", backend="rapids").fit_features(z)
+        h = nnd.handoff_
+        res["nn_descent"] = dict(acc=round(cluster_acc(ds.labels, nnd.labels_), 4), knn_build=h.get("knn_build"),
+                                 cupti_bytes_before_labels=h.get("cupti_device_to_host_bytes_before_labels"),
+                                 timings={k: round(v, 3) for k, v in nnd.timings_.items()})
+    return res
+
+
+def _show(title: str, data) -> None:
+    print(f"\n== {title}", flush=True)
+    if isinstance(data, dict):
+        for k, v in data.items():
+            if k == "tail":
+                print("   " + "\n   ".join(v))
+            elif k == "measured_by":
+                continue
+            else:
+                print(f"   {k}: {json.dumps(v) if isinstance(v, (dict, list)) else v}")
+    else:
+        print(f"   {data}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data-dir", help="folder holding the MNIST files (default: search the usual places)")
+    ap.add_argument("--epochs", type=int, default=5, help="β-VAE epochs of the end-to-end run (default 5)")
+    ap.add_argument("--skip-tests", action="store_true", help="skip the pytest step")
+    ap.add_argument("--json", type=Path, help="also write every figure to this JSON file")
+    args = ap.parse_args(argv)
+    start = time.perf_counter()
+    report: dict = {"environment": environment()}
+    _show("environment", report["environment"])
+    env = report["environment"]
+    if not env["cuda_available"]:
+        print("\nno CUDA GPU is visible to torch: nothing to check here (this script checks the GPU path)")
+        return 2
+    if not args.skip_tests:
+        report["tests"] = run_tests(TEST_LIMIT_S, args.data_dir)
+        _show("pytest -m 'gpu or rapids'", report["tests"])
+    if env["cupy"]:
+        try:
+            report["dlpack"] = dlpack_figures()
+        except Exception as exc:  # report and go on: the end-to-end run is still worth having
+            report["dlpack"] = {"error": f"{type(exc).__name__}: {exc}"}
+        _show("torch -> CuPy via DLPack", report["dlpack"])
+    else:
+        _show("torch -> CuPy via DLPack", "skipped: CuPy is not installed")
+    left = BUDGET_S - (time.perf_counter() - start)
+    if left < 90:
+        _show("end to end", f"skipped: only {left:.0f} s of the 8-minute budget left")
+    else:
+        try:
+            report["end_to_end"] = end_to_end(args.data_dir, args.epochs, with_cuml=bool(env["cuml"]))
+        except Exception as exc:
+            report["end_to_end"] = {"error": f"{type(exc).__name__}: {exc}"}
+        _show("end to end", report["end_to_end"])
+    report["seconds"] = round(time.perf_counter() - start, 1)
+    print(f"\ntotal {report['seconds']} s")
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2, default=str))
+    failed = report.get("tests", {}).get("returncode", 0) not in (0, 5) or "error" in report.get("end_to_end", {})
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
