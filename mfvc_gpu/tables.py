@@ -145,7 +145,8 @@ def read_features(path: str | os.PathLike, columns: list[str] | None = None, gpu
         import cudf
         import cupy
 
-        df = cudf.read_csv(path, usecols=cols) if _kind(path) == "csv" else cudf.read_parquet(path, columns=cols)
+        # cuDF reads onto the current device
+        df = cudf.read_csv(str(path), usecols=cols) if _kind(path) == "csv" else cudf.read_parquet(str(path), columns=cols)
         _check_frame(df, cols, path)
         x = cupy.ascontiguousarray(df[cols].astype("float32").to_cupy())  # cuDF gives column-major
         xp, engine = cupy, "cudf"
