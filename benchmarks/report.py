@@ -56,7 +56,7 @@ def write_csv(rows: list[dict], path: Path) -> Path:
 
 
 def _median(values) -> float | None:
-    values = [float(v) for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))]
+    values = [float(v) for v in values if v not in (None, "") and not (isinstance(v, float) and math.isnan(v))]
     return float(statistics.median(values)) if values else None
 
 
@@ -161,6 +161,8 @@ def plot(summary: list[dict], path: Path) -> Path:
     from mfvc_gpu.plotting import _pyplot, _save
 
     plt = _pyplot()
+    from matplotlib.ticker import FuncFormatter, LogLocator
+
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4.8))
     ok = [g for g in summary if g["status"] == "ok" and g["baseline"] and g["median_s"]]
     stages = list(dict.fromkeys(g["stage"] for g in summary))
@@ -177,8 +179,9 @@ def plot(summary: list[dict], path: Path) -> Path:
             if g is not None:
                 ax1.bar(x, g["median_s"], width=0.36, color=colours[backend], label=None if backend in seen else backend)
                 seen.add(backend)
-            else:
+            elif any(h["stage"] == stage and h["backend"] == backend for h in summary):  # a row that did not run
                 ax1.text(x, 0.5, f"{backend}: n/a", rotation=90, ha="center", va="bottom", fontsize=7, color="grey", transform=ax1.get_xaxis_transform())
+    ax1.set_xlim(-0.6, len(stages) - 0.4)
     ax1.set_xticks(range(len(stages)))
     ax1.set_xticklabels(labels, fontsize=8)
     ax1.set_yscale("log")
@@ -195,6 +198,11 @@ def plot(summary: list[dict], path: Path) -> Path:
         ax2.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", linestyle="-" if len(pts) > 1 else "none", label=name)
     ax2.set_xscale("log")
     ax2.set_yscale("log")
+    fmt = FuncFormatter(lambda v, _pos: f"{v:g}")
+    for axis in (ax2.xaxis, ax2.yaxis):  # labels at 1, 2, 5 × 10^k: readable on narrow ranges too
+        axis.set_major_formatter(fmt)
+        axis.set_minor_locator(LogLocator(subs=(2.0, 5.0)))
+        axis.set_minor_formatter(fmt)
     ax2.set_xlabel("n (synthetic latents)")
     ax2.set_ylabel("median seconds (log)")
     ax2.set_title("scaling with n", fontsize=10)
