@@ -1,0 +1,189 @@
+"""The runnable rows of the paper's Tables 2–4 and the grids of Figures 5–9, as MFVC settings.
+
+A :class:`Variant` is one clustering pipeline: where its features come from (``pixels``, the
+β-VAE ``vae`` with a network variant, or the ``n2d`` MLP autoencoder), the manifold stage and
+the clustering stage, each with the MFVC parameters that differ from the defaults. Two variants
+with the same network share one trained encoder; two with the same manifold settings share one
+embedding (:mod:`benchmarks.repro_runner` caches both).
+
+The paper's numbers beside the tables are those of ``DESIGN.md`` (the paper's Table 2, ACC /
+NMI); cells it does not give stay "—" rather than being filled in from memory.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One row of a table or one point of a sweep.
+
+    name : cache and ``--variants`` name. label : the row label in the tables.
+    features : "pixels", "vae" or "n2d". network : MFVC network parameters that differ from the
+    defaults ("attention", "residual"). manifold / cluster : MFVC parameters of those stages
+    (method and settings). max_samples / too_large : larger data sets are skipped with that reason.
+    """
+
+    name: str
+    label: str
+    features: str = "vae"
+    network: dict = field(default_factory=dict)
+    manifold: dict = field(default_factory=lambda: {"manifold": "umap"})
+    cluster: dict = field(default_factory=lambda: {"cluster": "kmeans"})
+    max_samples: int | None = None
+    too_large: str = ""
+
+
+ISOMAP_MAX = 20_000
+_PIX = dict(features="pixels")
+_NO_MANIFOLD = {"manifold": "none"}
+
+MFVC = Variant("mfvc", "MFVC")
+KMEANS_PIXELS = Variant("kmeans-pixels", "K-Means (pixels)", **_PIX, manifold=_NO_MANIFOLD)
+UMAP_KMEANS_PIXELS = Variant("umap-kmeans-pixels", "UMAP + K-Means (pixels)", **_PIX)
+VAE_KMEANS = Variant("vae-kmeans", "β-VAE + K-Means", manifold=_NO_MANIFOLD)
+
+TABLE3 = [
+    KMEANS_PIXELS,
+    Variant("gmm-pixels", "GMM (pixels)", **_PIX, manifold=_NO_MANIFOLD, cluster={"cluster": "gmm"}),
+    Variant("umap-gmm-pixels", "UMAP + GMM (pixels)", **_PIX, cluster={"cluster": "gmm"}),
+    Variant("n2d", "N2D-style (MLP autoencoder + UMAP + GMM)", features="n2d", cluster={"cluster": "gmm"}),
+    MFVC,
+]
+
+TABLE4 = [
+    replace(KMEANS_PIXELS, label="K-Means"),
+    Variant("mfvc-isomap", "MFVC (Isomap)", manifold={"manifold": "isomap"}, max_samples=ISOMAP_MAX,
+            too_large=f"Isomap's all-pairs geodesic distances grow as N² (memory and hours); run it on sets up to {ISOMAP_MAX} images"),
+    Variant("mfvc-dbscan", "MFVC (DBSCAN)", cluster={"cluster": "dbscan"}),
+    Variant("mfvc-no-simam", "MFVC without SimAM", network={"attention": "none"}),
+    VAE_KMEANS,
+    replace(UMAP_KMEANS_PIXELS, label="UMAP + K-Means"),
+    Variant("mfvc-no-residual", "MFVC without the residual path", network={"residual": False}),
+    Variant("mfvc-cbam", "MFVC with CBAM", network={"attention": "cbam"}),
+    MFVC,
+]
+
+TABLE2 = [MFVC]
+FIGURE5 = [MFVC]
+FIGURE7 = [KMEANS_PIXELS, UMAP_KMEANS_PIXELS, VAE_KMEANS, MFVC]
+
+TABLES = {2: TABLE2, 3: TABLE3, 4: TABLE4}
+
+N_NEIGHBORS_GRID = (5, 10, 15, 20, 27, 30, 35, 40, 45, 50)
+MIN_DIST_GRID = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
+MIN_SAMPLES_GRID = (5, 10, 15, 20, 25, 30, 40, 50)
+DEFAULT_N_NEIGHBORS, DEFAULT_MIN_DIST = 27, 0.0
+
+
+def n_neighbors_sweep(grid=N_NEIGHBORS_GRID) -> list[Variant]:
+    """Figure 8, left: MFVC at every n_neighbors, min_dist fixed at the paper's 0.0."""
+    return [Variant(f"umap-nn{v}", f"n_neighbors={v}", manifold={"manifold": "umap", "n_neighbors": int(v),
+                                                               "min_dist": DEFAULT_MIN_DIST}) for v in grid]
+
+
+def min_dist_sweep(grid=MIN_DIST_GRID) -> list[Variant]:
+    """Figure 8, right: MFVC at every min_dist, n_neighbors fixed at the paper's 27."""
+    return [Variant(f"umap-md{v:g}", f"min_dist={v:g}", manifold={"manifold": "umap", "n_neighbors": DEFAULT_N_NEIGHBORS,
+                                                                "min_dist": float(v)}) for v in grid]
+
+
+def min_samples_sweep(grid=MIN_SAMPLES_GRID) -> dict[str, list[Variant]]:
+    """Figure 9: DBSCAN at every min_samples on the UMAP embedding of the β-VAE codes (MFVC
+    features) and of the raw pixels (without them); eps stays at MFVC's default."""
+    def row(v, feats):
+        return Variant(f"dbscan-ms{v}-{feats}", f"min_samples={v}", features="vae" if feats == "mfvc" else "pixels",
+                       cluster={"cluster": "dbscan", "min_samples": int(v)})
+    return {"with MFVC features": [row(v, "mfvc") for v in grid], "pixels (no MFVC features)": [row(v, "pixels") for v in grid]}
+
+
+# The paper's Table 2 (ACC, NMI), as quoted in DESIGN.md. Nothing else of the paper's tables is
+# quoted there, so every other cell is "—".
+PAPER_TABLE2 = {
+    "mnist": (0.981, 0.951),
+    "mnist-test": (0.969, 0.926),
+    "fashion-mnist": (0.681, 0.655),
+    "usps": (0.961, 0.903),
+    "emnist-digits": (0.873, 0.907),
+    "emnist-balanced": (0.713, 0.793),
+}
+
+
+def paper_numbers(variant: Variant, dataset: str) -> tuple[float, float] | None:
+    """The paper's (ACC, NMI) for a row, where DESIGN.md gives them: MFVC's Table 2 values."""
+    if variant.name == "mfvc":
+        return PAPER_TABLE2.get(dataset)
+    return None
+
+
+def select(variants: list[Variant], names: str | None) -> list[Variant]:
+    """The rows named in ``names`` ("a,b,c"), in table order; all rows when ``names`` is None."""
+    if not names:
+        return list(variants)
+    wanted = [n.strip() for n in names.split(",") if n.strip()]
+    known = {v.name for v in variants}
+    unknown = [n for n in wanted if n not in known]
+    if unknown:
+        from mfvc_gpu.errors import MFVCError
+
+        raise MFVCError(f"--variants: {', '.join(unknown)} not among this table's rows ({', '.join(sorted(known))})")
+    return [v for v in variants if v.name in wanted]
+
+
+# ---------------------------------------------------------------- the N2D-style autoencoder
+class MLPAutoencoder(nn.Module):
+    """N2D's autoencoder: fully connected D-500-500-2000-k, ReLU, a linear code and a mirrored decoder."""
+
+    def __init__(self, n_in: int, n_code: int, hidden: tuple[int, ...] = (500, 500, 2000)) -> None:
+        super().__init__()
+        dims = (n_in, *hidden)
+        enc: list[nn.Module] = []
+        for a, b in zip(dims[:-1], dims[1:]):
+            enc += [nn.Linear(a, b), nn.ReLU()]
+        self.encoder = nn.Sequential(*enc, nn.Linear(dims[-1], n_code))
+        dec: list[nn.Module] = [nn.Linear(n_code, dims[-1])]
+        for a, b in zip(dims[::-1][:-1], dims[::-1][1:]):
+            dec += [nn.ReLU(), nn.Linear(a, b)]
+        self.decoder = nn.Sequential(*dec)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        code = self.encoder(x)
+        recon = self.decoder(code)
+        return recon, code
+
+
+def train_mlp_autoencoder(x: np.ndarray, n_code: int, epochs: int, seed: int, device: str = "cpu",
+                          batch_size: int = 256, lr: float = 1e-3) -> tuple[np.ndarray, dict]:
+    """Train :class:`MLPAutoencoder` on flattened images ``x`` (N, D) with MSE and Adam; return
+    the codes (N, n_code) float32 and a record (seconds, final loss, epochs)."""
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    dev = torch.device(device)
+    model = MLPAutoencoder(x.shape[1], n_code).to(dev)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    data = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(dev)
+    t0 = time.perf_counter()
+    loss_sum = 0.0
+    for _ in range(epochs):
+        loss_sum = 0.0
+        for idx in torch.randperm(len(data), generator=gen).split(batch_size):
+            batch = data[idx.to(dev)]
+            recon, _ = model(batch)
+            loss = nn.functional.mse_loss(recon, batch)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            loss_sum += loss.item() * len(idx)
+    model.eval()
+    with torch.no_grad():
+        codes = torch.cat([model.encoder(data[i : i + 4096]) for i in range(0, len(data), 4096)])
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+    record = dict(train_s=time.perf_counter() - t0, loss=loss_sum / len(data), epochs=epochs)
+    return codes.float().cpu().numpy(), record
