@@ -1,0 +1,133 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from mfvc_gpu import MFVC, MFVCError, evaluate
+from mfvc_gpu.metrics import cluster_acc
+
+
+@pytest.fixture(scope="module")
+def fitted(digits):
+    """A quick MFVC on 400 digits: 2 epochs, then UMAP + K-Means."""
+    est = MFVC(n_clusters=10, epochs=2, batch_size=64, latent_dim=8, random_state=0, progress=False)
+    return est.fit(digits.images[:400])
+
+
+def test_init_only_stores_parameters():
+    est = MFVC(n_clusters=-3, beta="nonsense")  # no validation before fit
+    assert est.n_clusters == -3 and est.beta == "nonsense"
+    assert not hasattr(est, "labels_")
+
+
+@pytest.mark.parametrize(
+    "params, message",
+    [
+        (dict(n_clusters=0), "n_clusters=0"),
+        (dict(n_clusters=5000), "exceeds the number of samples"),
+        (dict(beta=-1.0), "beta=-1.0"),
+        (dict(attention="transformer"), "attention='transformer'"),
+        (dict(n_neighbors=1), "n_neighbors=1"),
+        (dict(min_dist=2.0), "min_dist=2.0"),
+        (dict(epochs=0), "epochs=0"),
+        (dict(cluster="spectral"), "cluster='spectral'"),
+    ],
+)
+def test_fit_rejects_bad_parameters(digits, params, message):
+    with pytest.raises(MFVCError, match=message):
+        MFVC(**params).fit(digits.images[:100])
+
+
+def test_explicit_backends_never_fall_back(digits):
+    with pytest.raises(MFVCError, match="rapids.*(CUDA|cuML)"):
+        MFVC(backend="rapids").fit(digits.images[:50])
+    if not torch.cuda.is_available():
+        with pytest.raises(MFVCError, match="torch sees no CUDA GPU"):
+            MFVC(device="cuda").fit(digits.images[:50])
+
+
+def test_fit_sets_the_fitted_state(fitted, digits):
+    est = fitted
+    assert est.labels_.shape == (400,) and set(est.labels_) <= set(range(10))
+    assert est.embedding_.shape == (400, 10)  # n_components = n_clusters
+    assert est.latent_.shape == (400, 8)
+    assert est.backend_ == "cpu" and est.device_ == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert est.profile_ == "fast" or torch.cuda.is_available()
+    assert {"train", "encode", "handoff", "manifold", "cluster", "total"} <= set(est.timings_)
+    assert all(v >= 0 for v in est.timings_.values())
+    assert len(est.history_) == 2
+    # even two epochs give clusters far better than chance (0.1)
+    assert cluster_acc(digits.labels[:400], est.labels_) > 0.5
+
+
+def test_pixel_baseline_on_digits(digits):
+    """UMAP + K-Means on raw pixels: the known ≈0.8–0.9 ACC on digits."""
+    est = MFVC(n_clusters=10, encoder="none", random_state=0).fit(digits.images)
+    scores = evaluate(digits.labels, est.labels_)
+    assert scores["acc"] > 0.75 and scores["nmi"] > 0.75
+    assert est.model_ is None and "train" not in est.timings_
+
+
+def test_kmeans_on_pixels_is_worse_than_umap_kmeans(digits):
+    plain = MFVC(n_clusters=10, encoder="none", manifold="none").fit(digits.images)
+    assert plain.embedding_.shape == (1797, 1024)
+    assert 0.4 < cluster_acc(digits.labels, plain.labels_) < 0.85
+
+
+def test_fit_features_and_predict(blobs):
+    x, y = blobs
+    est = MFVC(n_clusters=5, random_state=0).fit_features(x)
+    assert cluster_acc(y, est.labels_) == 1.0
+    assert (est.predict(x[:50]) == est.labels_[:50]).mean() > 0.95
+
+
+def test_dbscan_cannot_predict(blobs):
+    x, _ = blobs
+    est = MFVC(n_clusters=5, cluster="dbscan", eps=0.5, min_samples=5).fit_features(x)
+    assert est.labels_.min() >= -1
+    with pytest.raises(MFVCError, match="cannot label new points"):
+        est.predict(x[:5])
+
+
+def test_transform_and_predict_new_images(fitted, digits):
+    emb = fitted.transform(digits.images[:400])
+    assert emb.shape == (400, 10) and emb.dtype == np.float32
+    pred = fitted.predict(digits.images[:400])
+    assert (pred == fitted.labels_).mean() > 0.9  # the training images land in their own clusters
+
+
+def test_save_load_round_trip_without_pickle(fitted, digits, tmp_path):
+    path = fitted.save(tmp_path / "model")
+    assert sorted(p.name for p in path.iterdir()) == ["arrays.npz", "model.json", "weights.pt"]
+    meta = json.loads((path / "model.json").read_text())
+    assert meta["params"]["n_clusters"] == 10 and meta["backend"] == "cpu"
+    # weights load with weights_only=True: no code objects inside
+    state = torch.load(path / "weights.pt", weights_only=True)
+    assert all(isinstance(v, torch.Tensor) for v in state.values())
+    loaded = MFVC.load(path, device="cpu")
+    np.testing.assert_array_equal(loaded.labels_, fitted.labels_)
+    z_new = loaded.model_.encoder(torch.from_numpy(digits.images[:5]))[0]
+    z_old = fitted.model_.to("cpu").encoder(torch.from_numpy(digits.images[:5]))[0]
+    assert torch.allclose(z_new, z_old, atol=1e-5)
+    pred = loaded.predict(digits.images[:400])
+    assert (pred == fitted.labels_).mean() > 0.9
+    assert not list(tmp_path.glob(".model.*"))  # no temporary folder left behind
+
+
+def test_load_rejects_other_folders(tmp_path):
+    with pytest.raises(MFVCError, match="not a saved MFVC model"):
+        MFVC.load(tmp_path)
+
+
+def test_get_set_params():
+    est = MFVC(n_clusters=4)
+    assert est.get_params()["n_clusters"] == 4 and "random_state" in est.get_params()
+    assert est.set_params(beta=0.5).beta == 0.5
+    with pytest.raises(ValueError, match="unknown parameter 'gamma'"):
+        est.set_params(gamma=1)
+
+
+def test_non_image_input_is_rejected():
+    with pytest.raises(MFVCError, match="clusters images"):
+        MFVC().fit(np.zeros((10, 5)))
