@@ -54,11 +54,13 @@ class Case:
     threads: int | None = None  # torch threads during the case
     status: str = "ok"  # "ok", "unavailable" (no GPU / no cuML), "skipped" (no data, above a cap)
     note: str = ""
+    code_path: str = ""  # a size-dependent code path (umap-learn: exact kNN below 4096, NN-descent above)
 
     @property
     def key(self) -> tuple:
-        """Cases with the same key share one warm-up (at the first size met)."""
-        return (self.stage, self.backend, self.device, self.library, self.variant)
+        """Cases with the same key share one warm-up (at the first size met). The code path is part
+        of it: numba compiles umap-learn's NN-descent only when the first call takes that path."""
+        return (self.stage, self.backend, self.device, self.library, self.variant, self.code_path)
 
     @property
     def label(self) -> str:
@@ -345,7 +347,8 @@ class Bench:
                     yield Case("umap", "cpu", "cpu", "umap-learn", n, LATENT_DIM, variant=variant, baseline=base,
                                status="skipped", note=f"above the CPU cap n={cap} (--cpu-max-n)")
                 else:
-                    yield Case("umap", "cpu", "cpu", "umap-learn", n, LATENT_DIM, variant=variant, baseline=base, run=run, score=score)
+                    yield Case("umap", "cpu", "cpu", "umap-learn", n, LATENT_DIM, variant=variant, baseline=base, run=run, score=score,
+                               code_path=knn)
             if not self.gpu.rapids:
                 yield self._unavailable("umap", n, LATENT_DIM, self.gpu.rapids_note, variant="knn=brute")
                 continue
@@ -419,7 +422,8 @@ class Bench:
                                note=f"above the CPU cap n={cap} (--cpu-max-n)")
                 else:
                     yield Case("end_to_end", "cpu", "cpu", lib, m, IMAGE_FEATURES, label, variant,
-                               run=lambda fit=fit: fit("cpu", "cpu"), score=score)
+                               run=lambda fit=fit: fit("cpu", "cpu"), score=score,
+                               code_path="exact" if m < UMAP_EXACT_BELOW else "nn-descent")
                 if self.gpu.rapids:
                     yield Case("end_to_end", "gpu", self.gpu.device, "torch+cuml", m, IMAGE_FEATURES, label, variant,
                                run=lambda fit=fit: fit(self.gpu.device, "rapids"), score=score)

@@ -173,8 +173,8 @@ def _row(case, rep=None, **values) -> dict:
 def run_cases(cases, *, repeats: int = 3, warmup: int = 1, clock: Clock = time.perf_counter, progress: bool = True) -> list[dict]:
     """Time every case: one row per timed call (``rep`` 1..repeats), or one row when it did not run.
 
-    The first case of each setting (stage, backend, device, library, variant) gets ``warmup``
-    untimed calls; later sizes of the same setting reuse that warm state. A case that raises
+    The first case of each setting (stage, backend, device, library, variant, code path) gets
+    ``warmup`` untimed calls; later sizes of the same setting reuse that warm state. A case that raises
     gives one row with ``status="error"`` and the message; the others still run.
     """
     from tqdm.auto import tqdm

@@ -108,6 +108,13 @@ def test_run_cases_one_row_per_rep_warms_up_once_per_setting():
     assert gpu[0]["status"] == "unavailable" and gpu[0]["seconds"] is None and gpu[0]["rep"] is None
 
 
+def test_a_size_dependent_code_path_gets_its_own_warm_up():
+    calls = []
+    cases = [_case("umap", "cpu", n, 0, calls, code_path=path) for n, path in ((100, "exact"), (200, "exact"), (5000, "nn-descent"))]
+    timing.run_cases(cases, repeats=3, warmup=1, progress=False)
+    assert [calls.count(("umap", "cpu", n)) for n in (100, 200, 5000)] == [4, 3, 4]
+
+
 def test_a_failing_case_gives_an_error_row_and_the_rest_still_runs():
     calls = []
 
