@@ -48,6 +48,34 @@ def write_labels_csv(path: Path, labels: np.ndarray, truth: np.ndarray | None) -
             w.writerow([i, int(c)] + ([int(truth[i])] if truth is not None else []))
 
 
+def run_metrics(est, dataset: str, n_samples: int, n_clusters: int, t_load: float, scores: dict, **extra) -> dict:
+    """What ``metrics.json`` holds: the scores, the sizes, where each stage ran and how long it took."""
+    metrics = dict(scores)
+    metrics.update(
+        n_samples=int(n_samples),
+        n_clusters=int(n_clusters),
+        dataset=dataset,
+        backend=est.backend_,
+        device=est.device_,
+        profile=est.profile_,
+        **extra,
+        timings=dict(load=t_load, **est.timings_),
+        handoff=est.handoff_,
+    )
+    if est.placement_note_:
+        metrics["note"] = est.placement_note_
+    if est.history_:
+        metrics["final_loss"] = est.history_[-1]["loss"]
+    return metrics
+
+
+def publish(work: Path, out: Path) -> None:
+    """Move a finished run folder from its hidden working name to ``out`` (replacing an old one)."""
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(work, out)
+
+
 def run_cluster(cfg: RunConfig, out: Path, resume: bool = False, overwrite: bool = False, progress: bool = True,
                 columns: str | None = None) -> dict:
     """Cluster ``cfg.dataset`` and write the run folder ``out``; returns the metrics dict.
@@ -80,23 +108,7 @@ def run_cluster(cfg: RunConfig, out: Path, resume: bool = False, overwrite: bool
     est.fit(ds.images)
     t = est.train_config_
     cfg = replace(cfg, profile=est.profile_, epochs=t.epochs, batch_size=t.batch_size, lr=t.lr)  # as it ran
-    metrics: dict = {}
-    if ds.labels is not None:
-        metrics.update(evaluate(ds.labels, est.labels_))
-    metrics.update(
-        n_samples=len(ds),
-        n_clusters=int(k),
-        dataset=ds.name,
-        backend=est.backend_,
-        device=est.device_,
-        profile=est.profile_,
-        timings=dict(load=t_load, **est.timings_),
-        handoff=est.handoff_,
-    )
-    if est.placement_note_:
-        metrics["note"] = est.placement_note_
-    if est.history_:
-        metrics["final_loss"] = est.history_[-1]["loss"]
+    metrics = run_metrics(est, ds.name, len(ds), int(k), t_load, scores=evaluate(ds.labels, est.labels_) if ds.labels is not None else {})
     cfg.to_yaml(work / "config.yaml")
     (work / "metrics.json").write_text(json.dumps(metrics, indent=2))
     write_labels_csv(work / "labels.csv", est.labels_, ds.labels)
@@ -104,7 +116,5 @@ def run_cluster(cfg: RunConfig, out: Path, resume: bool = False, overwrite: bool
     plot_embedding(est.embedding_, est.labels_, work / "embedding.png", title)
     est.save(work / "model")
     (work / "checkpoint.pt").unlink(missing_ok=True)
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(work, out)
+    publish(work, out)
     return metrics

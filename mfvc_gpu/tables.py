@@ -214,7 +214,7 @@ def run_table(cfg, out: Path, columns: str | None = None, overwrite: bool = Fals
     """
     from .pipeline import MFVC
     from .plotting import plot_embedding
-    from .runs import _check_writable, partial_dir
+    from .runs import _check_writable, partial_dir, publish, run_metrics
 
     out = Path(out)
     _check_writable(out, overwrite)
@@ -227,21 +227,8 @@ def run_table(cfg, out: Path, columns: str | None = None, overwrite: bool = Fals
     cfg = replace(cfg, encoder="none")
     est = MFVC.from_config(cfg, progress=False)
     est.fit_features(table.features)
-    metrics: dict = dict(
-        n_samples=int(len(table.features)),
-        n_features=len(table.columns),
-        columns=table.columns,
-        n_clusters=int(cfg.n_clusters),
-        dataset=Path(cfg.dataset).name,
-        backend=est.backend_,
-        device=est.device_,
-        profile=est.profile_,
-        table_engine=table.engine,
-        timings=dict(load=t_load, **est.timings_),
-        handoff=est.handoff_,
-    )
-    if est.placement_note_:
-        metrics["note"] = est.placement_note_
+    metrics = run_metrics(est, Path(cfg.dataset).name, len(table.features), cfg.n_clusters, t_load, scores={},
+                          n_features=len(table.columns), columns=table.columns, table_engine=table.engine)
     work = partial_dir(out)
     if work.exists():
         shutil.rmtree(work)
@@ -257,9 +244,7 @@ def run_table(cfg, out: Path, columns: str | None = None, overwrite: bool = Fals
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(work, out)
+    publish(work, out)
     return metrics
 
 
