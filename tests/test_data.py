@@ -219,3 +219,12 @@ def test_fetch_rejects_bad_checksum_and_leaves_nothing(mirror, tmp_path):
         fetch("mnist-test", tmp_path / "dl", mirror=url, progress=False)
     assert not (tmp_path / "dl" / "t10k-labels-idx1-ubyte.gz").exists()
     assert not list((tmp_path / "dl").glob(".*part"))
+
+
+def test_flat_data_dir_is_not_mistaken_for_another_set(mnist_dir):
+    """MNIST and Fashion-MNIST share file names: a flat folder of MNIST files is not Fashion-MNIST."""
+    from mfvc_gpu.data import locate
+
+    assert locate(REGISTRY["mnist-test"], "test", mnist_dir) is not None
+    found = locate(REGISTRY["fashion-mnist-test"], "test", mnist_dir)
+    assert found is None or mnist_dir not in [p.parent for p in found]

@@ -10,7 +10,7 @@ import numpy as np
 
 from ..errors import MFVCError
 from . import readers
-from .registry import REGISTRY, DatasetSpec, cache_dir, locate, search_dirs
+from .registry import REGISTRY, DatasetSpec, cache_dir, locate, matches_checksum, search_dirs
 
 log = logging.getLogger(__name__)
 
@@ -78,13 +78,9 @@ def not_found_message(spec: DatasetSpec, data_dir=None) -> str:
 
 def verify_file(path: Path, spec: DatasetSpec) -> str | None:
     """Check a file against its published checksum: None when it matches or none is known, else the problem."""
-    key = path.name if path.name in spec.md5 else path.name + ".gz"
-    if key not in spec.md5:
-        return None
-    gz_md5, raw_md5 = spec.md5[key]
-    if readers.md5_of(path) == gz_md5 or readers.md5_of(path, decompressed=True) == raw_md5:
-        return None
-    return f"{path} does not match the published checksum of {key}; it is damaged or another file — fetch it again"
+    if matches_checksum(path, spec) is False:
+        return f"{path} does not match the published checksum of {path.name}; it is damaged or another file — fetch it again"
+    return None
 
 
 def load_dataset(name: str, split: str | None = None, data_dir=None, size: int = 32, verify: bool = True) -> Dataset:

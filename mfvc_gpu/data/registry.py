@@ -100,6 +100,24 @@ REGISTRY: dict[str, DatasetSpec] = {
 }
 
 
+def matches_checksum(path: Path, spec: DatasetSpec) -> bool | None:
+    """True/False when ``path`` is one of the spec's files with a published md5; None when none is known."""
+    from .readers import md5_of
+
+    key = path.name if path.name in spec.md5 else path.name + ".gz"
+    if key not in spec.md5:
+        return None
+    gz_md5, raw_md5 = spec.md5[key]
+    return md5_of(path) == gz_md5 or md5_of(path, decompressed=True) == raw_md5
+
+
+def _belongs_elsewhere(path: Path, spec: DatasetSpec) -> bool:
+    """True when ``path`` is not ``spec``'s file but matches another data set's published checksum."""
+    if matches_checksum(path, spec) is not False:
+        return False
+    return any(matches_checksum(path, other) for other in REGISTRY.values() if other.dir_name != spec.dir_name)
+
+
 def search_dirs(spec: DatasetSpec, data_dir: str | os.PathLike | None = None) -> list[Path]:
     """Folders searched for a data set's files, in order.
 
@@ -130,8 +148,11 @@ def locate(spec: DatasetSpec, split: str, data_dir=None) -> list[Path] | None:
             if not p.exists() and n.endswith(".gz") and (root / n[:-3]).exists():
                 p = root / n[:-3]  # uncompressed copies are accepted too
             found.append(p)
-        if all(p.exists() for p in found):
-            return found
+        if not all(p.exists() for p in found):
+            continue
+        if root.name != spec.dir_name and _belongs_elsewhere(min(found, key=lambda p: p.stat().st_size), spec):
+            continue  # a flat folder holding another set's files of the same names (MNIST vs Fashion-MNIST)
+        return found
     return None
 
 
