@@ -48,6 +48,9 @@ def _add_cluster(sub) -> None:
     a("--seed", type=int, help="random seed (default 0)")
     a("--device", help="auto, cpu, cuda or cuda:N (default auto)")
     a("--backend", choices=["auto", "cpu", "rapids"], help="where UMAP and K-Means run (default auto)")
+    a("--dask-cluster", help="run encoding, UMAP and K-Means on Dask: local (CPU worker processes), local-cuda "
+                             "(one worker per GPU, dask-cuda) or a scheduler address tcp://HOST:PORT (default: no Dask)")
+    a("--n-workers", type=int, help="Dask workers to start (local, local-cuda) or to wait for (an address)")
     a("--config", type=Path, help="a config.yaml to start from, e.g. a run folder's (flags win)")
     a("--out", type=Path, help="run folder to write (default runs/<dataset>-seed<seed>)")
     a("--resume", action="store_true", help="continue an interrupted run from its last epoch")
@@ -80,7 +83,8 @@ def cmd_cluster(a: argparse.Namespace) -> int:
 
     cfg = config_from_args(a)
     out = a.out or Path("runs") / f"{Path(cfg.dataset).stem}-seed{cfg.seed}"
-    metrics = run_cluster(cfg, out, resume=a.resume, overwrite=a.overwrite, progress=not a.no_progress, columns=a.columns)
+    metrics = run_cluster(cfg, out, resume=a.resume, overwrite=a.overwrite, progress=not a.no_progress, columns=a.columns,
+                          dask_cluster=a.dask_cluster, n_workers=a.n_workers)
     scores = "  ".join(f"{k.upper()} {metrics[k]:.4f}" for k in ("acc", "nmi", "purity", "ari") if k in metrics)
     print(f"{metrics['dataset']}: {metrics['n_samples']} samples, {metrics['n_clusters']} clusters, "
           f"profile {metrics['profile']}, device {metrics['device']}, backend {metrics['backend']}")

@@ -77,16 +77,22 @@ def publish(work: Path, out: Path) -> None:
 
 
 def run_cluster(cfg: RunConfig, out: Path, resume: bool = False, overwrite: bool = False, progress: bool = True,
-                columns: str | None = None) -> dict:
+                columns: str | None = None, dask_cluster: str | None = None, n_workers: int | None = None) -> dict:
     """Cluster ``cfg.dataset`` and write the run folder ``out``; returns the metrics dict.
 
     The folder is built under a hidden ``.NAME.partial`` name (which also keeps the training
     checkpoint for ``resume``) and renamed to ``out`` only when everything is written. A
     ``.csv``/``.parquet`` dataset is a table of feature vectors (``columns``: "a,b,c"), clustered
-    without the image encoder (:func:`mfvc_gpu.tables.run_table`).
+    without the image encoder (:func:`mfvc_gpu.tables.run_table`). With ``dask_cluster`` (local,
+    local-cuda or a scheduler address) every stage after training runs on Dask
+    (:func:`mfvc_gpu.distributed.fit_distributed`) and ``metrics.json`` gets a ``distributed`` entry.
     """
     from .tables import is_table, run_table
 
+    if n_workers is not None and dask_cluster is None:
+        raise MFVCError("--n-workers needs --dask-cluster (local, local-cuda or a scheduler address)")
+    if dask_cluster is not None and is_table(cfg.dataset):
+        raise MFVCError("--dask-cluster applies to image data sets; a table is clustered in one process")
     if is_table(cfg.dataset):
         return run_table(cfg, out, columns, overwrite=overwrite)
     if columns is not None:
@@ -105,10 +111,17 @@ def run_cluster(cfg: RunConfig, out: Path, resume: bool = False, overwrite: bool
         shutil.rmtree(work)
     work.mkdir(parents=True, exist_ok=True)
     est = MFVC.from_config(cfg, checkpoint=work / "checkpoint.pt", resume=resume, progress=progress)
-    est.fit(ds.images)
+    if dask_cluster is None:
+        est.fit(ds.images)
+    else:
+        from .distributed import fit_distributed
+
+        fit_distributed(est, ds.images, dask_cluster, n_workers)
     t = est.train_config_
     cfg = replace(cfg, profile=est.profile_, epochs=t.epochs, batch_size=t.batch_size, lr=t.lr)  # as it ran
     metrics = run_metrics(est, ds.name, len(ds), int(k), t_load, scores=evaluate(ds.labels, est.labels_) if ds.labels is not None else {})
+    if dask_cluster is not None:
+        metrics["distributed"] = est.distributed_
     cfg.to_yaml(work / "config.yaml")
     (work / "metrics.json").write_text(json.dumps(metrics, indent=2))
     write_labels_csv(work / "labels.csv", est.labels_, ds.labels)
