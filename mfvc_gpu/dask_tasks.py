@@ -122,21 +122,35 @@ def fit_umap(sample, cfg: dict, n_components: int, seed: int, gpu: bool):
     return CPUBackend().fit_manifold(np.asarray(sample, dtype=np.float32), cfg, n_components, seed)
 
 
+def _sample_rows_in(block_info, sample_rows: np.ndarray):
+    """(rows of this block that are in the sorted sample, as block positions; their slice of the sample)."""
+    start, stop = block_info[0]["array-location"][0]
+    lo, hi = np.searchsorted(sample_rows, [start, stop])
+    return sample_rows[lo:hi] - start, slice(lo, hi)
+
+
 @on_worker("umap_transform")
 def transform_block(block: np.ndarray, model, sample_rows: np.ndarray, sample_embedding: np.ndarray, n_components: int,
                     batch_rows: int, block_info=None) -> np.ndarray:
     """One partition's embedding: the fit's own coordinates for rows in the sample, umap-learn's
     ``transform`` (``batch_rows`` rows at a time) for the others."""
     _one_thread()
-    start, stop = block_info[0]["array-location"][0]
-    lo, hi = np.searchsorted(sample_rows, [start, stop])
-    fitted = sample_rows[lo:hi] - start
+    fitted, part = _sample_rows_in(block_info, sample_rows)
     out = np.empty((len(block), n_components), dtype=np.float32)
-    out[fitted] = sample_embedding[lo:hi]
+    out[fitted] = sample_embedding[part]
     rest = np.setdiff1d(np.arange(len(block)), fitted, assume_unique=True)
     for i in range(0, len(rest), batch_rows):
         rows = rest[i : i + batch_rows]
         out[rows] = model.transform(block[rows])
+    return out
+
+
+@on_worker("umap_transform")
+def keep_sample_rows(block, sample_rows: np.ndarray, sample_embedding, block_info=None):
+    """A transformed partition (NumPy or CuPy) with the sample's rows put back where the fit placed them."""
+    fitted, part = _sample_rows_in(block_info, sample_rows)
+    out = block.copy()
+    out[fitted] = sample_embedding[part]
     return out
 
 

@@ -13,7 +13,9 @@ What runs where (``fit_distributed``)
 * umap_transform: every partition through that model, in parallel: ``cuml.dask.manifold.UMAP
   (model=...)`` on GPUs, ``map_blocks`` over umap-learn's ``transform`` (in batches) on CPUs.
   The sample's own rows keep the coordinates the fit gave them.
-* kmeans: ``cuml.dask.cluster.KMeans`` on GPUs, ``dask_ml.cluster.KMeans`` (k-means||) on CPUs.
+* kmeans: ``cuml.dask.cluster.KMeans`` on GPUs, ``dask_ml.cluster.KMeans`` on CPUs: Lloyd's
+  iterations over every row on the workers, started from scikit-learn's K-Means (``n_init``
+  restarts) on the sample's embedding, so the restarts cost ``sample_size`` rows, not all of them.
 * gather: labels, embedding and codes come back to the client (the run folder needs them).
 
 Every stage runs under a timeout and a task-stream recorder: ``est.distributed_`` says which
@@ -196,8 +198,6 @@ def _to_numpy(a) -> np.ndarray:
     return a.get() if type(a).__module__.startswith("cupy") else np.asarray(a)
 
 
-
-
 def _settle(futures: list) -> None:
     """Wait for ``futures``; raise the first task error as soon as it arrives (not after the rest)."""
     from distributed import as_completed
@@ -209,14 +209,21 @@ def _settle(futures: list) -> None:
             raise RuntimeError(f"task {f.key} was cancelled (its worker left or the client closed)")
 
 
-def _local_kmeans(centers, seed: int):
-    """The distributed K-Means' centres in a scikit-learn ``KMeans``, so ``predict`` works off the cluster.
+def _local_kmeans(centers, seed: int, gpu: bool = False):
+    """The distributed K-Means' centres in a single-process ``KMeans`` (scikit-learn's, or cuML's
+    on GPUs), so ``predict`` works after the cluster is gone.
 
     One Lloyd step on the centres themselves leaves every centre where it is.
     """
+    c = np.ascontiguousarray(_to_numpy(centers), dtype=np.float32)
+    if gpu:
+        from .backends import interop
+        from .backends.rapids import import_cuml
+
+        c = interop.import_cupy().asarray(c)
+        return import_cuml().KMeans(n_clusters=len(c), init=c, n_init=1, max_iter=1, random_state=seed, output_type="cupy").fit(c)
     from sklearn.cluster import KMeans
 
-    c = np.ascontiguousarray(_to_numpy(centers), dtype=np.float32)
     return KMeans(n_clusters=len(c), init=c, n_init=1, max_iter=1, random_state=seed).fit(c)
 
 
@@ -268,13 +275,17 @@ def fit_distributed(est, X, cluster="local", n_workers: int | None = None, *, mo
         raise MFVCError("a trained model was given but encoder='none'; use encoder='vae'")
     _import_distributed()
     own = isinstance(cluster, str)
+    t0 = time.perf_counter()
     client = connect(cluster, n_workers, timeout=min(timeout, 120.0)) if own else cluster
+    t_connect = time.perf_counter() - t0
     try:
         job = _DaskFit(est, images, client, cluster if own else "client", _Run(client, timeout))
         job.fit(model, sample_size, partition_rows, batch_size)
     finally:
         if own:
             disconnect(client)
+    if own:
+        est.timings_["connect"] = t_connect
     est.timings_["total"] = time.perf_counter() - t_start
     return est
 
@@ -418,17 +429,25 @@ class _DaskFit:
 
         from distributed import futures_of
 
+        import dask.array as da
+
         client = self.client
-        fit_fut, idx, model, embedding = fitted
+        fit_fut, idx, model, _ = fitted
+        emb_fut = client.submit(getitem, fit_fut, 1, pure=False)
+        rows_fut = client.scatter(idx, broadcast=True, hash=False)
         if self.gpu:
             from cuml.dask.manifold import UMAP as DaskUMAP
 
-            U = DaskUMAP(model=model, client=client).transform(Z)
-            U[idx] = embedding  # the sample's rows as the fit placed them
+            from .backends import interop
+
+            meta = interop.import_cupy().empty((0, k), dtype=np.float32)
+            out = DaskUMAP(model=model, client=client).transform(Z)
+            # cuML returns blocks of unknown length under a 1-D signature: give them their rows back
+            blocks = out.to_delayed().ravel()
+            U = da.concatenate([da.from_delayed(b, shape=(r, k), dtype=np.float32, meta=meta) for b, r in zip(blocks, Z.chunks[0])])
+            U = U.map_blocks(tasks.keep_sample_rows, rows_fut, emb_fut, dtype=np.float32, meta=meta)
         else:
             model_fut = client.submit(getitem, fit_fut, 0, pure=False)
-            emb_fut = client.submit(getitem, fit_fut, 1, pure=False)
-            rows_fut = client.scatter(idx, broadcast=True, hash=False)
             U = Z.map_blocks(tasks.transform_block, model_fut, rows_fut, emb_fut, k, TRANSFORM_BATCH, dtype=np.float32,
                              chunks=(Z.chunks[0], (k,)), meta=np.empty((0, k), dtype=np.float32))
         U = client.persist(U)
@@ -457,7 +476,7 @@ class _DaskFit:
             params.pop("output_type", None)  # cuML's Dask K-Means sets the output type itself
             params.update(init=init, n_init=1)
             km = DaskKMeans(client=self.client, **params).fit(U)
-            return km.get_combined_model(), _to_numpy(km.labels_.compute())
+            return _local_kmeans(km.cluster_centers_, est.random_state, gpu=True), _to_numpy(km.labels_.compute())
         from dask_ml.cluster import KMeans as DaskKMeans
 
         km = DaskKMeans(n_clusters=est.n_clusters, init=init, random_state=est.random_state).fit(U)
@@ -490,7 +509,7 @@ class _DaskFit:
             "backend": self.backend,
             "engines": {"umap_fit": "cuml.UMAP" if gpu else "umap.UMAP",
                         "umap_transform": "cuml.dask.manifold.UMAP(model=...)" if gpu else "dask.array.map_blocks(umap.UMAP.transform)",
-                        "kmeans": "cuml.dask.cluster.KMeans" if gpu else "dask_ml.cluster.KMeans (k-means||)"},
+                        "kmeans": "cuml.dask.cluster.KMeans" if gpu else "dask_ml.cluster.KMeans"},
             **record,
         }
 
