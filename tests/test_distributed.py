@@ -100,10 +100,11 @@ def test_the_network_encodes_on_the_workers(client, mnist):
     x = mnist[0][:256]
     torch.manual_seed(0)
     net = BetaVAE(VAEConfig(latent_dim=8)).eval()
-    est = fit_distributed(MFVC(n_clusters=10, latent_dim=8, random_state=0), x, client, model=net, sample_size=256)
+    est = fit_distributed(MFVC(n_clusters=10, latent_dim=8, manifold="none", random_state=0), x, client, model=net, sample_size=256)
     images = MFVC()._prepare(x)
     np.testing.assert_allclose(est.latent_, encode(net, images, torch.device("cpu")).numpy(), rtol=1e-4, atol=1e-4)
     assert est.model_ is net and est.vae_config_ == net.cfg
+    assert est.embedding_.shape == (256, 8) and est.distributed_["umap_sample"] is None  # K-Means on the codes
 
 
 @pytest.mark.timeout(120)
