@@ -217,7 +217,8 @@ def plot(summary: list[dict], path: Path) -> Path:
         plt.close(fig)
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """The CPU's model name (from /proc/cpuinfo where there is one)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.lower().startswith("model name"):
@@ -227,7 +228,8 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def _memory_gib() -> float | None:
+def memory_gib() -> float | None:
+    """Physical memory in GiB, rounded to 0.1."""
     try:
         return round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
     except (ValueError, OSError, AttributeError):
@@ -268,7 +270,7 @@ def machine_info() -> dict:
             gpus.append(dict(name=p.name, memory_gib=round(p.total_memory / 2**30, 1), capability=f"{p.major}.{p.minor}"))
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return dict(
-        cpu_model=_cpu_model(), cpu_count=os.cpu_count(), cpu_usable=usable, memory_gib=_memory_gib(),
+        cpu_model=cpu_model(), cpu_count=os.cpu_count(), cpu_usable=usable, memory_gib=memory_gib(),
         platform=platform.platform(), torch_threads=torch.get_num_threads(),
         threads_env={k: os.environ[k] for k in ("OMP_NUM_THREADS", "NUMBA_NUM_THREADS", "MKL_NUM_THREADS") if k in os.environ},
         gpus=gpus, driver=_driver() if gpus else None, torch_cuda=torch.version.cuda, versions=_versions(),

@@ -4,31 +4,15 @@ machine, the settings and the run time."""
 from __future__ import annotations
 
 import os
-import platform
 import statistics
 from datetime import datetime, timezone
 from importlib import metadata
 
+from .report import cpu_model, memory_gib
+
 DASH = "—"
 NOT_YET = "not yet measured"
 VERSIONS = ("mfvc_gpu", "torch", "umap-learn", "scikit-learn", "numpy", "cuml-cu12", "cuml")
-
-
-def cpu_model() -> str:
-    try:
-        for line in open("/proc/cpuinfo", encoding="utf-8"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def memory_gib() -> float | None:
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    except (ValueError, OSError, AttributeError):
-        return None
 
 
 def hardware_summary(device: str = "cpu") -> str:
