@@ -5,7 +5,7 @@ Public API::
     from mfvc_gpu import MFVC, load_dataset, evaluate
     ds = load_dataset("digits")
     est = MFVC(n_clusters=10).fit(ds.images)
-    print(evaluate(ds.labels, est.labels_))
+    scores = evaluate(ds.labels, est.labels_)  # acc, nmi, purity, ari
 """
 
 from .config import PROFILES, ClusterConfig, ManifoldConfig, RunConfig
