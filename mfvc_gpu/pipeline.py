@@ -206,6 +206,15 @@ class MFVC:
             raise MFVCError(f"X has shape {X.shape}: MFVC clusters images (N, H, W) or (N, C, H, W)")
         return to_unit_images(X, 32, "X")
 
+    def _place(self) -> torch.device:
+        """Resolve where the stages run (once per fit), record it and the resolved settings."""
+        placement = backends.resolve(self.device, self.backend)
+        device = torch.device(placement.device)
+        self.profile_, self.vae_config_, self.train_config_, self.manifold_config_, self.cluster_config_ = self._configs(device.type)
+        self.backend_, self.device_, self.placement_note_ = placement.backend, placement.device, placement.note
+        self._backend = backends.get_backend(placement.backend)
+        return device
+
     def fit(self, X, y=None) -> MFVC:
         """Train the β-VAE on images ``X``, embed its codes with UMAP and cluster them.
 
@@ -215,19 +224,14 @@ class MFVC:
         t_start = time.perf_counter()
         images = self._prepare(X)
         self._validate(len(images))
-        placement = backends.resolve(self.device, self.backend)
-        device = torch.device(placement.device)
-        self.profile_, vae_cfg, self.train_config_, self.manifold_config_, self.cluster_config_ = self._configs(device.type)
-        self.vae_config_ = vae_cfg
-        self.backend_, self.device_, self.placement_note_ = placement.backend, placement.device, placement.note
-        self._backend = backends.get_backend(placement.backend)
+        device = self._place()
         timings: dict[str, float] = {}
         seed_everything(self.random_state)
         self.model_ = None
         self.history_ = []
         if self.encoder == "vae":
             log.info("training the β-VAE: profile %s, %d epochs on %s", self.profile_, self.train_config_.epochs, device)
-            self.model_ = BetaVAE(vae_cfg)
+            self.model_ = BetaVAE(self.vae_config_)
             t0 = time.perf_counter()
             ckpt = Path(self.checkpoint) if self.checkpoint is not None else None
             self.history_ = train_vae(self.model_, images, self.train_config_, device, self.random_state, ckpt, self.resume, self.progress)
@@ -247,13 +251,8 @@ class MFVC:
 
         Used for tabular data and distributed encoding; ``transform``/``predict`` then take features too.
         """
-        placement = backends.resolve(self.device, self.backend)
-        self.profile_, self.vae_config_, self.train_config_, self.manifold_config_, self.cluster_config_ = self._configs(
-            torch.device(placement.device).type)
-        n = len(Z)
-        self._validate(n)
-        self.backend_, self.device_, self.placement_note_ = placement.backend, placement.device, placement.note
-        self._backend = backends.get_backend(placement.backend)
+        self._place()
+        self._validate(len(Z))
         self.model_, self.history_ = None, []
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
