@@ -113,7 +113,7 @@ def header(title: str, run: dict) -> str:
         lines.append("* some cached results were measured on: " + "; ".join(others))
     lines += [f"* software: {versions()}",
               f"* this invocation: {fmt_seconds(run['wall_s'])} wall time, {run['computed']} runs computed, "
-              f"{run['cached']} taken from the cache; measured compute time of all cells {fmt_seconds(run['compute_s'])}", "", ""]
+              f"{run['cached']} taken from the cache; measured compute time of all cells {fmt_seconds(run['compute_s'])} (a network or embedding shared by several cells counted once)", "", ""]
     return "\n".join(lines)
 
 

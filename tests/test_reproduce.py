@@ -243,3 +243,19 @@ def test_report_only_computes_nothing(tmp_path, calls):
     rows = _rows((tmp_path / "table4.md").read_text())
     assert len(rows) == 9 and all(r[1] == "not yet measured" for r in rows.values())
     assert calls.train == [] and calls.umap == [] and not list(tmp_path.glob("cache/**/*.json"))
+
+
+def test_compute_time_counts_a_shared_network_and_embedding_once():
+    from benchmarks.reproduce import compute_seconds
+
+    def rec(seed, features, embedding, train, manifold, cluster):
+        return dict(dataset="d", seed=seed, features=features, embedding=embedding,
+                    seconds=dict(train=train, manifold=manifold, cluster=cluster))
+
+    recs = [rec(0, "vae", "vae.umap", 100.0, 10.0, 1.0),    # MFVC
+            rec(0, "vae", "vae.umap", 100.0, 10.0, 2.0),    # MFVC (DBSCAN): same network, same embedding
+            rec(0, "vae", None, 100.0, 0.0, 3.0),           # β-VAE + K-Means: same network, no manifold
+            rec(0, "pixels", None, 0.0, 0.0, 4.0),          # K-Means on pixels
+            rec(1, "vae", "vae.umap", 90.0, 9.0, 1.0)]      # another seed trains its own network
+    assert compute_seconds(recs) == pytest.approx(100 + 10 + 1 + 2 + 3 + 4 + 90 + 9 + 1)
+    assert compute_seconds([dict(dataset="d", seed=0, status="error")]) == 0.0
