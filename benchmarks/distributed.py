@@ -1,7 +1,7 @@
 """The Dask path on this machine: 1 against 2 local workers, every stage timed, peak memory per worker.
 
-    python -m benchmarks.distributed --data-dir ../shared/data/mnist            # MNIST-test, 10k images
-    python -m benchmarks.distributed --workers 1,2,4 --repeats 5 --weights runs/vae-ddp
+    python benchmarks/distributed.py --data-dir ../shared/data/mnist            # MNIST-test, 10k images
+    python benchmarks/distributed.py --workers 1,2,4 --repeats 5 --weights runs/vae-ddp
 
 For each worker count a fresh ``LocalCluster`` (processes, one thread each) is started, one
 warm-up fit is run (numba compiles UMAP in every new worker process; not timed), then
@@ -37,13 +37,13 @@ STAGES = ("scatter", "encode", "umap_fit", "umap_transform", "kmeans", "gather",
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.distributed", description=__doc__.strip().splitlines()[0])
+    p = argparse.ArgumentParser(prog="python benchmarks/distributed.py", description=__doc__.strip().splitlines()[0])
     p.add_argument("--data-dir", help="folder with the MNIST files")
     p.add_argument("--n", type=int, default=10_000, help="images of MNIST-test (default all 10 000)")
     p.add_argument("--workers", default="1,2", help="worker counts to compare (default 1,2)")
     p.add_argument("--repeats", type=int, default=3, help="timed fits per worker count (at least 3)")
     p.add_argument("--sample-size", type=int, default=5000, help="rows UMAP is fitted on (default 5000)")
-    p.add_argument("--weights", help="a folder written by 'python -m mfvc_gpu.ddp' (default: an untrained seeded network)")
+    p.add_argument("--weights", help="a folder written by 'python -m mfvc_gpu.distributed.ddp' (default: an untrained seeded network)")
     p.add_argument("--out", type=Path, default=Path("runs/bench-distributed"))
     return p.parse_args(argv)
 
@@ -90,7 +90,7 @@ def markdown(rows: list[dict], records: dict, ref: dict, args, n: int) -> str:
     med = {(w, s): statistics.median(r["seconds"] for r in rows if r["workers"] == w and r["stage"] == s) for w in counts for s in STAGES}
     accs = {w: [r["acc"] for r in rows if r["workers"] == w and r["stage"] == "total"] for w in counts}
     lines = [f"# Dask path, {n} MNIST-test images, {' vs '.join(map(str, counts))} local workers (one thread each)", "",
-             f"Command: `python -m benchmarks.distributed {' '.join(shlex.quote(a) for a in sys.argv[1:])}`  ",
+             f"Command: `python benchmarks/distributed.py {' '.join(shlex.quote(a) for a in sys.argv[1:])}`  ",
              f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores (shared); "
              f"torch {torch.__version__}; median of {args.repeats} repeats after one warm-up; "
              f"load average at the end {', '.join(f'{v:.2f}' for v in os.getloadavg())}.", "",
@@ -115,8 +115,9 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.repeats < 3:
         raise SystemExit("--repeats must be at least 3 (medians)")
-    from mfvc_gpu import MFVC, load_dataset
-    from mfvc_gpu.ddp import load_weights
+    from mfvc_gpu import load_dataset
+    from mfvc_gpu.data import to_unit_images
+    from mfvc_gpu.distributed.ddp import load_weights
     from mfvc_gpu.models import BetaVAE, VAEConfig
 
     ds = load_dataset("mnist-test", data_dir=args.data_dir)
@@ -126,7 +127,7 @@ def main(argv=None) -> int:
     else:
         torch.manual_seed(0)
         model = BetaVAE(VAEConfig(latent_dim=32)).eval()
-    ref = single_process(model, MFVC()._prepare(x), y)
+    ref = single_process(model, to_unit_images(x, 32), y)
     log.info("single process: %s", ref)
     rows, records = [], {}
     for w in sorted({int(v) for v in args.workers.split(",")}):

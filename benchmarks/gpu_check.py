@@ -2,7 +2,7 @@
 
 Run on a machine with an NVIDIA GPU, from the repository root::
 
-    python -m benchmarks.gpu_check [--data-dir DIR] [--epochs 5] [--json gpu_check.json]
+    python benchmarks/gpu_check.py [--data-dir DIR] [--epochs 5] [--json gpu_check.json]
 
 Steps, each printed as it finishes:
 

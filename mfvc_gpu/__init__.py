@@ -12,11 +12,12 @@ from .config import PROFILES, ClusterConfig, ManifoldConfig, RunConfig
 from .data import fetch, load_dataset
 from .errors import MFVCError
 from .metrics import ari, cluster_acc, evaluate, nmi, purity
-from .pipeline import MFVC
+from .params import PARAMS
+from .estimator import MFVC
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "MFVC", "MFVCError", "PROFILES", "RunConfig", "ManifoldConfig", "ClusterConfig", "load_dataset", "fetch",
+    "MFVC", "MFVCError", "PARAMS", "PROFILES", "RunConfig", "ManifoldConfig", "ClusterConfig", "load_dataset", "fetch",
     "evaluate", "cluster_acc", "nmi", "purity", "ari", "__version__",
 ]

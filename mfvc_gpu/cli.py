@@ -18,71 +18,78 @@ from .errors import MFVCError
 # Sub-commands whose code lives outside this file: module -> (name, help). Each module has
 # ``add_arguments(parser)`` and ``main(args) -> int``.
 EXTERNAL_COMMANDS = {
-    "benchmarks.bench": ("bench", "time every stage, GPU against CPU"),
-    "benchmarks.reproduce": ("reproduce", "regenerate the paper's tables and figures"),
+    "mfvc_gpu.bench": ("bench", "time every stage, GPU against CPU"),
+    "mfvc_gpu.reproduce": ("reproduce", "regenerate the paper's tables and figures"),
 }
+
+
+def _flag_type(param):
+    """argparse ``type`` for a setting: its kind, with 'none' accepted where None is."""
+    def convert(text: str):
+        if param.optional and text.lower() in ("none", "null"):
+            return None
+        try:
+            return param.kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {param.valid()}") from None
+
+    convert.__name__ = param.kind.__name__
+    return convert
+
+
+def add_param_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per setting of the table (``cli=True``), grouped by stage. Every flag defaults to
+    None, "not given": the value then comes from ``--config``, else from the table's default."""
+    from .params import PARAMS
+
+    groups: dict[str, argparse._ArgumentGroup] = {}
+    for p in PARAMS:
+        if not p.cli:
+            continue
+        group = groups.setdefault(p.stage, parser.add_argument_group(f"{p.stage} settings"))
+        flags = [p.flag] + ["--" + a.replace("_", "-") for a in p.aliases]
+        default = p.default_in_run
+        text = f"{p.help} (default: {default})"
+        if p.kind is bool:
+            group.add_argument(*flags, dest=p.name, action=argparse.BooleanOptionalAction, default=None, help=text)
+        else:
+            group.add_argument(*flags, dest=p.name, type=_flag_type(p), choices=list(p.choices) if p.choices else None,
+                               default=None, metavar=None if p.choices else p.name.upper(), help=text)
 
 
 def _add_cluster(sub) -> None:
     p = sub.add_parser("cluster", help="cluster a data set and write a run folder",
-                       description="Train the β-VAE, embed with UMAP, cluster with K-Means; write OUT/.")
-    # Every flag defaults to None: the value then comes from --config, else from RunConfig's defaults.
+                       description="Train the β-VAE, embed with UMAP, cluster with K-Means; write OUT/. "
+                                   "Every setting has a flag; --config starts from a config.yaml (flags win).")
+    add_param_flags(p)
     a = p.add_argument
-    a("--dataset", help="a name from 'mfvc-gpu datasets list', a .npz/.npy file, an image folder, or a .csv/.parquet table of feature vectors (default: digits)")
-    a("--data-dir", help="folder searched first for the data set's files")
-    a("--split", choices=["train", "test", "all"], help="which split (default: the set's own, 'all' for the paper's protocol)")
-    a("--n-clusters", type=int, help="number of clusters (default: number of classes)")
-    a("--profile", choices=["auto", "paper", "fast"], help="training protocol (default auto: paper on CUDA, fast on CPU)")
-    a("--epochs", type=int, help="override the profile's epochs")
-    a("--batch-size", type=int, help="override the profile's batch size")
-    a("--lr", type=float, help="override the profile's learning rate")
-    a("--latent-dim", type=int, help="latent size (default 32)")
-    a("--beta", type=float, help="weight of the KL term (default 0.01)")
-    a("--attention", choices=["simam", "cbam", "none"], help="attention in every block (default simam)")
-    a("--manifold", choices=["umap", "isomap", "none"], help="manifold stage (default umap)")
-    a("--cluster", dest="cluster_method", choices=["kmeans", "dbscan", "gmm"], help="clustering stage (default kmeans)")
-    a("--n-neighbors", type=int, help="UMAP n_neighbors (default 27)")
-    a("--min-dist", type=float, help="UMAP min_dist (default 0.0)")
-    a("--knn", choices=["brute", "nn-descent"], help="cuML UMAP kNN build (default brute: zero-copy)")
     a("--columns", help="for a .csv/.parquet --dataset: comma-separated feature columns (default: all columns)")
-    a("--seed", type=int, help="random seed (default 0)")
-    a("--device", help="auto, cpu, cuda or cuda:N (default auto)")
-    a("--backend", choices=["auto", "cpu", "rapids"], help="where UMAP and K-Means run (default auto)")
     a("--dask-cluster", help="run encoding, UMAP and K-Means on Dask: local (CPU worker processes), local-cuda "
                              "(one worker per GPU, dask-cuda) or a scheduler address tcp://HOST:PORT (default: no Dask)")
     a("--n-workers", type=int, help="Dask workers to start (local, local-cuda) or to wait for (an address)")
     a("--config", type=Path, help="a config.yaml to start from, e.g. a run folder's (flags win)")
     a("--out", type=Path, help="run folder to write (default runs/<dataset>-seed<seed>)")
     a("--resume", action="store_true", help="continue an interrupted run from its last epoch")
-    a("--overwrite", action="store_true", help="replace an existing run folder")
+    a("--overwrite", action="store_true", help="replace an existing run folder (only once the new one is complete)")
     a("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_cluster)
-
-
-def _given(**kw) -> dict:
-    return {k: v for k, v in kw.items() if v is not None}
 
 
 def config_from_args(a: argparse.Namespace):
     """RunConfig from --config (or the defaults), then every flag that was given."""
     from .config import RunConfig
+    from .params import CONFIG_PARAMS
 
     cfg = RunConfig.from_yaml(a.config) if a.config else RunConfig()
-    return replace(
-        cfg,
-        **_given(dataset=a.dataset, split=a.split, data_dir=a.data_dir, n_clusters=a.n_clusters, profile=a.profile,
-                 epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, seed=a.seed, device=a.device, backend=a.backend),
-        vae=replace(cfg.vae, **_given(latent_dim=a.latent_dim, beta=a.beta, attention=a.attention)),
-        manifold=replace(cfg.manifold, **_given(method=a.manifold, n_neighbors=a.n_neighbors, min_dist=a.min_dist, knn=a.knn)),
-        cluster=replace(cfg.cluster, **_given(method=a.cluster_method)),
-    )
+    given = {p.name: getattr(a, p.name) for p in CONFIG_PARAMS if p.cli and getattr(a, p.name, None) is not None}
+    return replace(cfg, **given)
 
 
 def cmd_cluster(a: argparse.Namespace) -> int:
     from .runs import run_cluster
 
     cfg = config_from_args(a)
-    out = a.out or Path("runs") / f"{Path(cfg.dataset).stem}-seed{cfg.seed}"
+    out = a.out or Path("runs") / f"{Path(cfg.dataset).stem}-seed{cfg.random_state}"
     metrics = run_cluster(cfg, out, resume=a.resume, overwrite=a.overwrite, progress=not a.no_progress, columns=a.columns,
                           dask_cluster=a.dask_cluster, n_workers=a.n_workers)
     scores = "  ".join(f"{k.upper()} {metrics[k]:.4f}" for k in ("acc", "nmi", "purity", "ari") if k in metrics)
@@ -145,10 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_cluster(sub)
     _add_datasets(sub)
     for module, (name, helptext) in EXTERNAL_COMMANDS.items():
-        try:
-            mod = importlib.import_module(module)
-        except ImportError:
-            continue  # an installed package without the benchmarks folder
+        mod = importlib.import_module(module)
         p = sub.add_parser(name, help=helptext, description=(mod.__doc__ or helptext).strip().splitlines()[0])
         mod.add_arguments(p)
         p.set_defaults(func=mod.main)

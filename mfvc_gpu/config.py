@@ -1,109 +1,26 @@
-"""Settings as frozen dataclasses, the two training profiles, and a YAML round trip."""
+"""A run's settings (what ``config.yaml`` holds) and the stage configs, derived from the table.
+
+:class:`RunConfig` has one field per setting in :data:`mfvc_gpu.params.PARAMS` that a run
+records; the YAML schema is the same flat mapping (``n_neighbors: 15``). For convenience the
+settings may also be grouped under their stage (``manifold: {metric: cosine}``), where a stage's
+``method`` names the stage's own choice (``cluster: {method: dbscan}``). Unknown keys and invalid
+values fail with one line naming the key, the value and what is valid.
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields, replace
+import dataclasses
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import yaml
 
 from .errors import MFVCError
-from .models.vae import VAEConfig
-from .train import TrainConfig
+from .params import ALIASES, BY_NAME, CONFIG_PARAMS, PROFILES, STAGES, stage_dataclass
 
-# The paper's protocol (section 3): AdamW, lr 0.005, cosine annealing, batch 64, 200 epochs.
-# "fast" is the CPU profile: the same protocol for 30 epochs. Measured with seeds 0-2 on a 2-core
-# CPU: MNIST-test ACC 0.966 at 20 epochs, 0.971 at 30; Fashion-MNIST-test 0.591 and 0.592
-# (docs/RESULTS.md, "Choosing the fast profile").
-PROFILES: dict[str, TrainConfig] = {
-    "paper": TrainConfig(epochs=200, batch_size=64, lr=0.005),
-    "fast": TrainConfig(epochs=30, batch_size=64, lr=0.005),
-}
-
-
-@dataclass(frozen=True)
-class ManifoldConfig:
-    """The manifold stage.
-
-    method : "umap" (paper), "isomap" (ablation) or "none" (cluster the latent codes directly).
-    n_neighbors : neighbourhood size; larger values favour global structure (paper: 27).
-    min_dist : how tightly UMAP packs points; 0.0 gives the dense clumps K-Means likes.
-    n_components : output dimension; None means the number of clusters (paper).
-    metric : distance in the input space.
-    knn : kNN graph build on the GPU, "brute" (zero-copy) or "nn-descent" (copies to host).
-    """
-
-    method: str = "umap"
-    n_neighbors: int = 27
-    min_dist: float = 0.0
-    n_components: int | None = None
-    metric: str = "euclidean"
-    knn: str = "brute"
-
-
-@dataclass(frozen=True)
-class ClusterConfig:
-    """The clustering stage: "kmeans" (paper), "dbscan" or "gmm" (ablations)."""
-
-    method: str = "kmeans"
-    n_init: int = 10
-    eps: float = 0.5
-    min_samples: int = 5
-
-
-@dataclass(frozen=True)
-class RunConfig:
-    """Everything one clustering run needs; what ``config.yaml`` of a run folder holds."""
-
-    dataset: str = "digits"
-    split: str | None = None
-    data_dir: str | None = None
-    n_clusters: int | None = None
-    profile: str = "auto"
-    epochs: int | None = None  # None: the profile's value
-    batch_size: int | None = None
-    lr: float | None = None
-    seed: int = 0
-    device: str = "auto"
-    backend: str = "auto"
-    encoder: str = "vae"
-    vae: VAEConfig = field(default_factory=VAEConfig)
-    manifold: ManifoldConfig = field(default_factory=ManifoldConfig)
-    cluster: ClusterConfig = field(default_factory=ClusterConfig)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    def to_yaml(self, path: Path) -> None:
-        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
-
-    @classmethod
-    def from_dict(cls, d: dict) -> RunConfig:
-        nested = {"vae": VAEConfig, "manifold": ManifoldConfig, "cluster": ClusterConfig}
-        known = {f.name for f in fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise MFVCError(f"unknown config keys {sorted(unknown)}; known keys are {sorted(known)}")
-        kwargs = {}
-        for k, v in d.items():
-            if k in nested and isinstance(v, dict):
-                sub = {f.name for f in fields(nested[k])}
-                bad = set(v) - sub
-                if bad:
-                    raise MFVCError(f"unknown keys {sorted(bad)} under '{k}'; known keys are {sorted(sub)}")
-                v = nested[k](**v)
-            kwargs[k] = v
-        return cls(**kwargs)
-
-    @classmethod
-    def from_yaml(cls, path: Path) -> RunConfig:
-        try:
-            data = yaml.safe_load(Path(path).read_text()) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise MFVCError(f"cannot read the config {path}: {exc}") from exc
-        if not isinstance(data, dict):
-            raise MFVCError(f"{path} must hold a mapping of settings")
-        return cls.from_dict(data)
+ManifoldConfig = stage_dataclass("ManifoldConfig", "manifold", "The manifold stage.", module=__name__)
+ClusterConfig = stage_dataclass("ClusterConfig", "cluster", "The clustering stage.", module=__name__)
 
 
 def profile_for(profile: str, device_type: str) -> str:
@@ -111,8 +28,88 @@ def profile_for(profile: str, device_type: str) -> str:
     if profile == "auto":
         return "paper" if device_type == "cuda" else "fast"
     if profile not in PROFILES:
-        raise MFVCError(f"profile={profile!r} is not one of auto, {', '.join(PROFILES)}")
+        raise MFVCError(f"profile={profile!r} is invalid: must be one of auto, {', '.join(PROFILES)}")
     return profile
 
 
-__all__ = ["PROFILES", "ManifoldConfig", "ClusterConfig", "RunConfig", "VAEConfig", "TrainConfig", "profile_for", "replace"]
+def _run_config_class() -> type:
+    fields = [(p.name, Any, dataclasses.field(default=p.default_in_run)) for p in CONFIG_PARAMS]
+    return dataclasses.make_dataclass("RunConfig", fields, frozen=True, namespace={
+        "__doc__": "Everything one clustering run needs; what ``config.yaml`` of a run folder holds. "
+                   "One field per setting of :data:`mfvc_gpu.params.PARAMS` (``config=True``).",
+        "to_dict": lambda self: dataclasses.asdict(self),
+        "to_yaml": _to_yaml,
+        "from_dict": classmethod(_from_dict),
+        "from_yaml": classmethod(_from_yaml),
+        "estimator_params": _estimator_params,
+        "__post_init__": _check_all,
+    })
+
+
+def _check_all(self) -> None:
+    for p in CONFIG_PARAMS:
+        checked = p.check(getattr(self, p.name))
+        object.__setattr__(self, p.name, checked)
+
+
+def _estimator_params(self) -> dict:
+    """The :class:`mfvc_gpu.MFVC` keyword arguments of this run."""
+    return {p.name: getattr(self, p.name) for p in CONFIG_PARAMS if p.estimator}
+
+
+def _to_yaml(self, path: Path) -> Path:
+    """Write ``config.yaml`` atomically: the flat mapping, grouped by stage with a comment each."""
+    from .fileio import write_text
+
+    d = self.to_dict()
+    parts = []
+    for stage in STAGES:
+        keys = {p.name: d[p.name] for p in CONFIG_PARAMS if p.stage == stage}
+        if keys:
+            parts.append(f"# {stage}\n" + yaml.safe_dump(keys, sort_keys=False))
+    return write_text(path, "".join(parts))
+
+
+def _flatten(d: dict) -> dict:
+    """Accept settings grouped under their stage (and ``vae`` for ``network``); return the flat mapping."""
+    flat: dict = {}
+    for key, value in d.items():
+        stage = "network" if key == "vae" else key
+        if isinstance(value, dict) and stage in STAGES:
+            for sub, v in value.items():
+                flat[stage if sub == "method" and stage in BY_NAME else sub] = v
+        else:
+            flat[key] = value
+    return flat
+
+
+def _from_dict(cls, d: dict):
+    if not isinstance(d, dict):
+        raise MFVCError(f"a config must be a mapping of settings, not {type(d).__name__}")
+    known = {p.name for p in CONFIG_PARAMS}
+    kwargs = {}
+    for key, value in _flatten(d).items():
+        name = ALIASES.get(key, key)
+        if name not in known:
+            raise MFVCError(f"unknown setting {key!r} in the config; known settings are {', '.join(sorted(known))}")
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+def _from_yaml(cls, path: Path):
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise MFVCError(f"cannot read the config {path}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise MFVCError(f"{path} must hold a mapping of settings")
+    try:
+        return cls.from_dict(data)
+    except MFVCError as exc:
+        raise MFVCError(f"{path}: {exc}") from exc
+
+
+RunConfig = _run_config_class()
+RunConfig.__module__ = __name__
+
+__all__ = ["PROFILES", "ManifoldConfig", "ClusterConfig", "RunConfig", "profile_for", "replace"]

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
@@ -17,12 +16,13 @@ def _pyplot():
     return plt
 
 
-def _save(fig, path: Path) -> Path:
+def save_figure(fig, path: Path) -> Path:
     """Save atomically: a temporary name in the same folder, then a rename."""
+    from .fileio import atomic_path
+
     path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    fig.savefig(tmp, dpi=120, bbox_inches="tight")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, bbox_inches="tight", format=path.suffix.lstrip(".") or "png")
     return path
 
 
@@ -37,7 +37,7 @@ def to_2d(embedding: np.ndarray) -> tuple[np.ndarray, str]:
 
 def plot_embedding(embedding: np.ndarray, labels: np.ndarray, path: Path, title: str = "", max_points: int = 20000) -> Path:
     """Scatter of the (2-D view of the) embedding, coloured by cluster; noise (-1) in grey."""
-    plt = _pyplot()
+    plt = pyplot()
     xy, how = to_2d(np.asarray(embedding, dtype=np.float32))
     labels = np.asarray(labels)
     if len(xy) > max_points:
@@ -51,14 +51,14 @@ def plot_embedding(embedding: np.ndarray, labels: np.ndarray, path: Path, title:
     ax.set_yticks([])
     ax.set_title(f"{title}\n{how}, coloured by cluster" if title else f"{how}, coloured by cluster", fontsize=10)
     try:
-        return _save(fig, path)
+        return save_figure(fig, path)
     finally:
         plt.close(fig)
 
 
 def plot_curves(x, series: dict[str, list[float]], path: Path, xlabel: str, ylabel: str = "ACC", title: str = "", logy: bool = False) -> Path:
     """One line per series against ``x``: parameter sweeps and scaling curves."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, ys in series.items():
         ax.plot(x, ys, marker="o", label=name)
@@ -72,6 +72,6 @@ def plot_curves(x, series: dict[str, list[float]], path: Path, xlabel: str, ylab
     if len(series) > 1:
         ax.legend()
     try:
-        return _save(fig, path)
+        return save_figure(fig, path)
     finally:
         plt.close(fig)

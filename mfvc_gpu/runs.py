@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import csv
-import json
+import io
 import logging
 import os
 import shutil
@@ -17,7 +17,8 @@ from .config import RunConfig
 from .data.loading import load_dataset
 from .errors import MFVCError
 from .metrics import evaluate
-from .pipeline import MFVC
+from .estimator import MFVC
+from .fileio import make_dirs, publish_dir, write_json, write_text
 from .plotting import plot_embedding
 
 log = logging.getLogger(__name__)
@@ -28,24 +29,30 @@ def partial_dir(out: Path) -> Path:
     return out.parent / f".{out.name}.partial"
 
 
-def _check_writable(out: Path, overwrite: bool) -> None:
+def check_writable(out: Path, overwrite: bool) -> None:
+    """Fail early, before any compute, when ``out`` exists (without ``overwrite``) or cannot be written."""
     if out.exists() and not overwrite:
         raise MFVCError(f"{out} already exists; choose another --out or pass --overwrite")
-    parent = out.parent
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise MFVCError(f"cannot create the output folder {parent}: {exc.strerror}; choose another --out") from exc
+    parent = make_dirs(out.parent)
     if not os.access(parent, os.W_OK):
-        raise MFVCError(f"{parent} is not writable; choose another --out")
+        raise MFVCError(f"cannot write to {parent}: permission denied; choose another --out")
 
 
 def write_labels_csv(path: Path, labels: np.ndarray, truth: np.ndarray | None) -> None:
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["index", "cluster"] + (["label"] if truth is not None else []))
-        for i, c in enumerate(labels):
-            w.writerow([i, int(c)] + ([int(truth[i])] if truth is not None else []))
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["index", "cluster"] + (["label"] if truth is not None else []))
+    for i, c in enumerate(labels):
+        w.writerow([i, int(c)] + ([int(truth[i])] if truth is not None else []))
+    write_text(path, buf.getvalue())
+
+
+def start_work(out: Path, resume: bool) -> Path:
+    """The hidden folder a run is built in (and keeps its checkpoint in) until it is complete."""
+    work = partial_dir(out)
+    if work.exists() and not resume:
+        shutil.rmtree(work)
+    return make_dirs(work)
 
 
 def run_metrics(est, dataset: str, n_samples: int, n_clusters: int, t_load: float, scores: dict, **extra) -> dict:
@@ -69,11 +76,16 @@ def run_metrics(est, dataset: str, n_samples: int, n_clusters: int, t_load: floa
     return metrics
 
 
-def publish(work: Path, out: Path) -> None:
-    """Move a finished run folder from its hidden working name to ``out`` (replacing an old one)."""
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(work, out)
+def ran_config(cfg: RunConfig, est) -> RunConfig:
+    """``cfg`` with every estimator setting as the fitted ``est`` used it (profile, epochs, device, ...)."""
+    ran = {k: v for k, v in est.resolved_params().items() if k in cfg.to_dict()}
+    return replace(cfg, **ran)
+
+
+def publish(work: Path, out: Path) -> Path:
+    """Move a finished run folder from its hidden working name to ``out``; an old ``out`` is
+    replaced only by that rename (:func:`mfvc_gpu.fileio.publish_dir`)."""
+    return publish_dir(work, out)
 
 
 def run_cluster(cfg: RunConfig, out: Path, resume: bool = False, overwrite: bool = False, progress: bool = True,
@@ -87,7 +99,7 @@ def run_cluster(cfg: RunConfig, out: Path, resume: bool = False, overwrite: bool
     local-cuda or a scheduler address) every stage after training runs on Dask
     (:func:`mfvc_gpu.distributed.fit_distributed`) and ``metrics.json`` gets a ``distributed`` entry.
     """
-    from .tables import is_table, run_table
+    from .tables import is_table
 
     if n_workers is not None and dask_cluster is None:
         raise MFVCError("--n-workers needs --dask-cluster (local, local-cuda or a scheduler address)")
@@ -98,7 +110,7 @@ def run_cluster(cfg: RunConfig, out: Path, resume: bool = False, overwrite: bool
     if columns is not None:
         raise MFVCError("--columns applies to .csv/.parquet tables only; drop it or pass a table as --dataset")
     out = Path(out)
-    _check_writable(out, overwrite)
+    check_writable(out, overwrite)
     t0 = time.perf_counter()
     ds = load_dataset(cfg.dataset, cfg.split, cfg.data_dir)
     t_load = time.perf_counter() - t0
@@ -106,28 +118,62 @@ def run_cluster(cfg: RunConfig, out: Path, resume: bool = False, overwrite: bool
     if not k:
         raise MFVCError(f"{cfg.dataset} has no labels to count classes from; pass --n-clusters")
     cfg = replace(cfg, n_clusters=int(k))
-    work = partial_dir(out)
-    if work.exists() and not resume:
-        shutil.rmtree(work)
-    work.mkdir(parents=True, exist_ok=True)
-    est = MFVC.from_config(cfg, checkpoint=work / "checkpoint.pt", resume=resume, progress=progress)
+    work = start_work(out, resume)
+    est = MFVC(**cfg.estimator_params(), checkpoint=str(work / "checkpoint.pt"), resume=resume, progress=progress)
     if dask_cluster is None:
         est.fit(ds.images)
     else:
         from .distributed import fit_distributed
 
         fit_distributed(est, ds.images, dask_cluster, n_workers)
-    t = est.train_config_
-    cfg = replace(cfg, profile=est.profile_, epochs=t.epochs, batch_size=t.batch_size, lr=t.lr)  # as it ran
+    cfg = ran_config(cfg, est)
     metrics = run_metrics(est, ds.name, len(ds), int(k), t_load, scores=evaluate(ds.labels, est.labels_) if ds.labels is not None else {})
     if dask_cluster is not None:
         metrics["distributed"] = est.distributed_
     cfg.to_yaml(work / "config.yaml")
-    (work / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    write_json(work / "metrics.json", metrics)
     write_labels_csv(work / "labels.csv", est.labels_, ds.labels)
     title = f"{ds.name}: {len(ds)} images, {k} clusters" + (f", ACC {metrics['acc']:.3f}" if "acc" in metrics else "")
     plot_embedding(est.embedding_, est.labels_, work / "embedding.png", title)
     est.save(work / "model")
     (work / "checkpoint.pt").unlink(missing_ok=True)
+    publish(work, out)
+    return metrics
+
+
+def run_table(cfg, out: Path, columns: str | None = None, overwrite: bool = False) -> dict:
+    """Cluster the rows of the table ``cfg.dataset`` (UMAP + K-Means, no encoder); write run folder ``out``.
+
+    Returns the metrics dict (also written to ``metrics.json``). Needs ``cfg.n_clusters``: a
+    table has no classes to count.
+    """
+    from .tables import parse_columns, read_features, wants_gpu, write_results
+
+    out = Path(out)
+    check_writable(out, overwrite)
+    if not cfg.n_clusters:
+        raise MFVCError(f"{Path(cfg.dataset).name} is a table with no classes to count clusters from; pass --n-clusters")
+    gpu = wants_gpu(cfg.device, cfg.backend)
+    t0 = time.perf_counter()
+    table = read_features(cfg.dataset, parse_columns(columns), gpu=gpu)
+    t_load = time.perf_counter() - t0
+    cfg = replace(cfg, encoder="none")
+    est = MFVC(**cfg.estimator_params(), progress=False)
+    est.fit_features(table.features)
+    cfg = ran_config(cfg, est)
+    metrics = run_metrics(est, Path(cfg.dataset).name, len(table.features), cfg.n_clusters, t_load, scores={},
+                          n_features=len(table.columns), columns=table.columns, table_engine=table.engine)
+    work = start_work(out, resume=False)
+    try:
+        cfg.to_yaml(work / "config.yaml")
+        write_json(work / "metrics.json", metrics)
+        method = cfg.manifold
+        write_results(work, est.labels_, est.embedding_, method if method != "none" else "feature", gpu=gpu)
+        title = f"{metrics['dataset']}: {metrics['n_samples']} rows, {cfg.n_clusters} clusters"
+        plot_embedding(est.embedding_, est.labels_, work / "embedding.png", title)
+        est.save(work / "model")
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
     publish(work, out)
     return metrics

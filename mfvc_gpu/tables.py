@@ -13,15 +13,10 @@ with ``config.yaml``, ``metrics.json``, ``labels.parquet`` (``row``, ``cluster``
 from __future__ import annotations
 
 import csv
-import importlib.util
-import json
 import logging
 import os
-import shutil
-import tempfile
-import time
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,11 +24,12 @@ import numpy as np
 
 from . import backends
 from .errors import MFVCError
+from .fileio import atomic_path
+from .optional import TABLES_HINT, import_problem, require
 
 log = logging.getLogger(__name__)
 
 TABLE_SUFFIXES = (".csv", ".parquet", ".pq")
-TABLES_HINT = "install pandas and pyarrow ('pip install mfvc_gpu[tables]')"
 
 
 @dataclass
@@ -57,16 +53,14 @@ def is_table(name: str | os.PathLike | None) -> bool:
 
 
 def cudf_available() -> bool:
-    """True when cuDF is importable (checked without importing it)."""
-    return importlib.util.find_spec("cudf") is not None
+    """True when cuDF imports."""
+    return import_problem("cudf") is None
 
 
 def wants_gpu(device: str, backend: str) -> bool:
     """Whether a run with these settings reads its table with cuDF: exactly when
-    :func:`mfvc_gpu.backends.resolve` would place the stages on the ``rapids`` backend."""
-    if backend == "cpu" or device == "cpu":
-        return False
-    return backends.cuda_available() and backends.rapids_available() and cudf_available()
+    :func:`mfvc_gpu.backends.resolve` places the stages on the ``rapids`` backend."""
+    return backends.resolve(device, backend).backend == "rapids" and cudf_available()
 
 
 def parse_columns(spec: str | None) -> list[str] | None:
@@ -98,10 +92,7 @@ def table_columns(path: str | os.PathLike) -> list[str]:
             if not header:
                 raise MFVCError(f"{path} is empty; a CSV table needs a header row with the column names")
             return [h.strip() for h in header]
-        try:
-            import pyarrow.parquet as pq
-        except ImportError as exc:
-            raise MFVCError(f"reading Parquet needs pyarrow; {TABLES_HINT}") from exc
+        pq = require("pyarrow.parquet", "reading Parquet", TABLES_HINT)
         return list(pq.read_schema(path).names)
     except MFVCError:
         raise
@@ -151,10 +142,7 @@ def read_features(path: str | os.PathLike, columns: list[str] | None = None, gpu
         x = cupy.ascontiguousarray(df[cols].astype("float32").to_cupy())  # cuDF gives column-major
         xp, engine = cupy, "cudf"
     else:
-        try:
-            import pandas as pd
-        except ImportError as exc:
-            raise MFVCError(f"reading tables needs pandas; {TABLES_HINT}") from exc
+        pd = require("pandas", "reading tables", TABLES_HINT)
         df = pd.read_csv(path, usecols=cols) if _kind(path) == "csv" else pd.read_parquet(path, columns=cols)
         _check_frame(df, cols, path)
         x = np.ascontiguousarray(df[cols].to_numpy(dtype=np.float32))
@@ -176,21 +164,14 @@ def write_parquet(path: str | os.PathLike, data: Mapping[str, Any], gpu: bool = 
     lengths = {len(v) for v in data.values()}
     if len(lengths) > 1:
         raise ValueError(f"columns of different lengths: {sorted(lengths)}")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         if gpu:
             import cudf
 
             cudf.DataFrame(dict(data)).to_parquet(tmp, index=False)
         else:
-            import pandas as pd
-
+            pd = require("pandas", "writing Parquet", TABLES_HINT)
             pd.DataFrame({k: np.asarray(v) for k, v in data.items()}).to_parquet(tmp, index=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path
 
 
@@ -206,47 +187,5 @@ def write_results(folder: Path, labels, embedding, prefix: str = "umap", gpu: bo
     write_parquet(folder / "embedding.parquet", cols, gpu)
 
 
-def run_table(cfg, out: Path, columns: str | None = None, overwrite: bool = False) -> dict:
-    """Cluster the rows of the table ``cfg.dataset`` (UMAP + K-Means, no encoder); write run folder ``out``.
-
-    Returns the metrics dict (also written to ``metrics.json``). Needs ``cfg.n_clusters``: a
-    table has no classes to count.
-    """
-    from .pipeline import MFVC
-    from .plotting import plot_embedding
-    from .runs import _check_writable, partial_dir, publish, run_metrics
-
-    out = Path(out)
-    _check_writable(out, overwrite)
-    if not cfg.n_clusters:
-        raise MFVCError(f"{Path(cfg.dataset).name} is a table with no classes to count clusters from; pass --n-clusters")
-    gpu = wants_gpu(cfg.device, cfg.backend)
-    t0 = time.perf_counter()
-    table = read_features(cfg.dataset, parse_columns(columns), gpu=gpu)
-    t_load = time.perf_counter() - t0
-    cfg = replace(cfg, encoder="none")
-    est = MFVC.from_config(cfg, progress=False)
-    est.fit_features(table.features)
-    metrics = run_metrics(est, Path(cfg.dataset).name, len(table.features), cfg.n_clusters, t_load, scores={},
-                          n_features=len(table.columns), columns=table.columns, table_engine=table.engine)
-    work = partial_dir(out)
-    if work.exists():
-        shutil.rmtree(work)
-    work.mkdir(parents=True)
-    try:
-        cfg.to_yaml(work / "config.yaml")
-        (work / "metrics.json").write_text(json.dumps(metrics, indent=2))
-        method = cfg.manifold.method
-        write_results(work, est.labels_, est.embedding_, method if method != "none" else "feature", gpu=gpu)
-        title = f"{metrics['dataset']}: {metrics['n_samples']} rows, {cfg.n_clusters} clusters"
-        plot_embedding(est.embedding_, est.labels_, work / "embedding.png", title)
-        est.save(work / "model")
-    except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
-        raise
-    publish(work, out)
-    return metrics
-
-
 __all__ = ["Table", "is_table", "parse_columns", "table_columns", "select_columns", "read_features", "write_parquet",
-           "write_results", "run_table", "wants_gpu", "cudf_available", "TABLE_SUFFIXES"]
+           "write_results", "wants_gpu", "cudf_available", "TABLE_SUFFIXES"]

@@ -3,48 +3,30 @@
 from __future__ import annotations
 
 import logging
-import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from .models import BetaVAE, vae_loss
+from .params import PROFILES, stage_dataclass
+from .fileio import atomic_path
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class TrainConfig:
-    """How the β-VAE is trained.
-
-    epochs : passes over the data. More epochs sharpen the latent clusters up to a plateau.
-    batch_size : images per step; the paper uses 64. Larger batches are faster per epoch on a
-        GPU but take fewer optimiser steps.
-    lr, weight_decay : AdamW settings (paper: lr 0.005); the rate follows a cosine to zero.
-    amp : mixed precision (bfloat16 autocast) on CUDA; ignored on the CPU.
-    """
-
-    epochs: int = 200
-    batch_size: int = 64
-    lr: float = 0.005
-    weight_decay: float = 0.01
-    amp: bool = True
-
-
-def seed_everything(seed: int) -> torch.Generator:
-    """Seed torch and numpy; returns a generator for the data order."""
-    torch.manual_seed(seed)
-    np.random.seed(seed % 2**32)
-    return torch.Generator().manual_seed(seed)
+# The ``train`` settings; where the table leaves a value to the profile, the paper's protocol.
+TrainConfig = stage_dataclass(
+    "TrainConfig", "train", "How the β-VAE is trained (fields left to the profile default to the paper's protocol).",
+    defaults=PROFILES["paper"], module=__name__,
+)
 
 
 def _atomic_save(obj: dict, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def train_vae(
@@ -62,9 +44,16 @@ def train_vae(
     With ``checkpoint`` set, the model, optimiser, scheduler and random state are written there
     after every epoch (atomically); ``resume`` continues from it.
     """
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):  # the sampling noise is seeded; the caller's streams stay as they were
+        torch.manual_seed(seed)
+        return _train(model, images, cfg, device, seed, None if checkpoint is None else Path(checkpoint), resume, progress)
+
+
+def _train(model, images, cfg, device, seed, checkpoint, resume, progress) -> list[dict]:
     from tqdm.auto import tqdm
 
-    gen = seed_everything(seed)
+    gen = torch.Generator().manual_seed(seed)  # the data order
     model.to(device, memory_format=torch.channels_last).train()  # faster convolutions on CPU and GPU
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = max(1, -(-len(images) // cfg.batch_size))
@@ -98,7 +87,7 @@ def train_vae(
             x = data[idx.to(data.device)].to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
                 recon, mu, logvar = model(x)
-            loss, rec, kl = vae_loss(x, recon, mu, logvar, beta)
+            loss, rec, kl = vae_loss(x, recon.float(), mu.float(), logvar.float(), beta)  # the loss in float32, outside autocast
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"the loss became {loss.item()} at epoch {epoch + 1}; lower the learning rate")
             opt.zero_grad(set_to_none=True)
@@ -136,10 +125,11 @@ def train_vae(
 @torch.no_grad()
 def encode(model: BetaVAE, images: np.ndarray | torch.Tensor, device: torch.device, batch_size: int = 1024) -> torch.Tensor:
     """Posterior means μ of ``images`` as one float32 tensor on ``device`` (it stays there)."""
-    model.to(device).eval()
+    model.to(device, memory_format=torch.channels_last).eval()  # as in training: the same kernels, the same codes
     data = images if isinstance(images, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(images))
     out = torch.empty((len(data), model.cfg.latent_dim), dtype=torch.float32, device=device)
     for i in range(0, len(data), batch_size):
-        mu, _ = model.encoder(data[i : i + batch_size].to(device, non_blocking=True))
+        x = data[i : i + batch_size].to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        mu, _ = model.encoder(x)
         out[i : i + batch_size] = mu.float()
     return out

@@ -42,6 +42,18 @@ def pytest_collection_modifyitems(config, items):
                 item.add_marker(skip_rapids)
 
 
+@pytest.fixture(autouse=True)
+def _cpu_unless_marked(request, monkeypatch):
+    """Unmarked tests run on the CPU backend wherever they run: the one placement rule
+    (:func:`mfvc_gpu.backends.resolve`) is told there is no CUDA GPU, so ``device``/``backend``
+    "auto" resolve to cpu/cpu even on a GPU machine with cuML. ``gpu``/``rapids`` tests see the truth."""
+    if any(m in request.keywords for m in ("gpu", "rapids", "rapids_api")):
+        return
+    from mfvc_gpu import backends
+
+    monkeypatch.setattr(backends, "cuda_available", lambda: False)
+
+
 @pytest.fixture(scope="session")
 def mnist_dir() -> Path:
     if not (MNIST_DIR / "t10k-images-idx3-ubyte.gz").exists():

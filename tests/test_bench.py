@@ -12,9 +12,9 @@ import time
 import numpy as np
 import pytest
 
-from benchmarks import report, stages, timing
-from benchmarks.bench import parse_sizes
-from benchmarks.stages import Bench, Case, Settings, probe_gpu
+from mfvc_gpu.bench import report, stages, timing
+from mfvc_gpu.bench import parse_sizes
+from mfvc_gpu.bench.stages import Bench, Case, Settings, probe_gpu
 from mfvc_gpu.cli import main
 from mfvc_gpu.errors import MFVCError
 

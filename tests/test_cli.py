@@ -33,7 +33,8 @@ def test_cluster_writes_a_complete_run_folder(small_npz, tmp_path, capsys):
     assert m["n_samples"] == 300 and m["n_clusters"] == 10 and m["backend"] == "cpu"
     assert 0.0 <= m["acc"] <= 1.0 and m["timings"]["train"] > 0
     cfg = yaml.safe_load((out / "config.yaml").read_text())
-    assert cfg["epochs"] == 1 and cfg["vae"]["latent_dim"] == 8 and cfg["profile"] in ("fast", "paper")
+    assert cfg["epochs"] == 1 and cfg["latent_dim"] == 8
+    assert (cfg["profile"], cfg["device"], cfg["backend"], cfg["batch_size"]) == ("fast", "cpu", "cpu", 64)  # as it ran
     lines = (out / "labels.csv").read_text().splitlines()
     assert lines[0] == "index,cluster,label" and len(lines) == 301
     assert (out / "embedding.png").read_bytes()[:4] == b"\x89PNG"
@@ -93,7 +94,8 @@ def test_existing_and_unwritable_output(small_npz, tmp_path, capsys):
     blocked = tmp_path / "file"
     blocked.write_text("a file, not a folder")
     assert run_cli("cluster", "--dataset", small_npz, "--out", blocked / "run") == 2
-    assert "cannot create the output folder" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "cannot create the folder" in err and str(blocked) in err and err.count("\n") == 1
 
 
 def test_resume_continues_from_the_checkpoint(small_npz, tmp_path, monkeypatch):
@@ -108,13 +110,23 @@ def test_resume_continues_from_the_checkpoint(small_npz, tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return orig(self, *a, **k)
 
+    def count_steps(self, *a, **k):
+        calls["n"] += 1
+        return orig(self, *a, **k)
+
+    args = ("cluster", "--dataset", small_npz, "--epochs", "2", "--manifold", "none", "--no-progress")
     monkeypatch.setattr(torch.optim.AdamW, "step", stop_in_epoch_2)
-    assert run_cli("cluster", "--dataset", small_npz, "--epochs", "2", "--out", out, "--no-progress") == 130
-    monkeypatch.setattr(torch.optim.AdamW, "step", orig)
+    assert run_cli(*args, "--out", out) == 130
     assert not out.exists() and (partial_dir(out) / "checkpoint.pt").exists()
-    assert run_cli("cluster", "--dataset", small_npz, "--epochs", "2", "--out", out, "--resume", "--no-progress") == 0
-    m = json.loads((out / "metrics.json").read_text())
-    assert m["timings"]["train"] > 0 and not partial_dir(out).exists()
+    monkeypatch.setattr(torch.optim.AdamW, "step", count_steps)
+    calls["n"] = 0
+    assert run_cli(*args, "--out", out, "--resume") == 0
+    assert calls["n"] == 5, "the resumed run must train only the missing epoch (5 steps)"
+    assert not partial_dir(out).exists()
+    whole = tmp_path / "whole"
+    assert run_cli(*args, "--out", whole) == 0
+    resumed_labels = (out / "labels.csv").read_text()
+    assert resumed_labels == (whole / "labels.csv").read_text(), "resume must end with the uninterrupted run's labels"
 
 
 def test_datasets_list_and_verify(mnist_dir, capsys):
@@ -131,4 +143,4 @@ def test_module_entry_point_and_help():
     r = subprocess.run([sys.executable, "-m", "mfvc_gpu", "--help"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and "cluster" in r.stdout and "datasets" in r.stdout
     r = subprocess.run([sys.executable, "-m", "mfvc_gpu", "cluster", "--epochs", "many"], capture_output=True, text=True, timeout=120)
-    assert r.returncode == 2 and "invalid int value" in r.stderr
+    assert r.returncode == 2 and "'many' is not an integer >= 1" in r.stderr

@@ -107,7 +107,7 @@ def test_to_numpy_of_a_host_array_copies_nothing_and_counts_nothing():
 
 def _fake(monkeypatch, cuda: bool, rapids: bool) -> None:
     monkeypatch.setattr(backends, "cuda_available", lambda: cuda)
-    monkeypatch.setattr(backends, "rapids_available", lambda: rapids)
+    monkeypatch.setattr(backends, "rapids_available", lambda dask=False: rapids)
 
 
 @pytest.mark.parametrize(

@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmarks import repro_runner
-from benchmarks.repro_report import fmt_mean_std, summarize, variants_markdown
-from benchmarks.repro_runner import Runner
-from benchmarks.variants import Variant
+from mfvc_gpu.reproduce import runner as repro_runner
+from mfvc_gpu.reproduce.report import fmt_mean_std, summarize, variants_markdown
+from mfvc_gpu.reproduce.runner import Runner
+from mfvc_gpu.reproduce.variants import Variant
 from mfvc_gpu.cli import main
 
 BASE = ["--datasets", "digits", "--limit", "200", "--epochs", "1", "--no-progress"]
@@ -246,7 +246,7 @@ def test_report_only_computes_nothing(tmp_path, calls):
 
 
 def test_compute_time_counts_a_shared_network_and_embedding_once():
-    from benchmarks.reproduce import compute_seconds
+    from mfvc_gpu.reproduce import compute_seconds
 
     def rec(seed, features, embedding, train, manifold, cluster):
         return dict(dataset="d", seed=seed, features=features, embedding=embedding,

@@ -112,7 +112,7 @@ def test_a_failed_write_leaves_neither_file_nor_temporary(tmp_path):
 @pytest.mark.parametrize("device, backend", [("auto", "auto"), ("cpu", "auto"), ("auto", "cpu"), ("cuda", "rapids"), ("cuda", "auto")])
 def test_cudf_is_used_exactly_when_the_stages_run_on_rapids(monkeypatch, cuda, rapids, device, backend):
     monkeypatch.setattr(backends, "cuda_available", lambda: cuda)
-    monkeypatch.setattr(backends, "rapids_available", lambda: rapids)
+    monkeypatch.setattr(backends, "rapids_available", lambda dask=False: rapids)
     monkeypatch.setattr("mfvc_gpu.tables.cudf_available", lambda: rapids)  # cuML ships with cuDF
     try:
         placed = backends.resolve(device, backend).backend
@@ -165,7 +165,7 @@ def test_cli_table_needs_n_clusters_and_columns_need_a_table(table, tmp_path, ca
 def test_cli_records_mixed_mode_for_a_table(table, tmp_path, monkeypatch):
     """CUDA without cuML (faked): pandas reads, the CPU backend clusters, metrics.json says why."""
     monkeypatch.setattr(backends, "cuda_available", lambda: True)
-    monkeypatch.setattr(backends, "rapids_available", lambda: False)
+    monkeypatch.setattr(backends, "rapids_available", lambda dask=False: False)
     _, paths = table
     out = tmp_path / "mixed"
     rc = main(["cluster", "--dataset", str(paths["csv"]), "--columns", "f0,f1,f2", "--n-clusters", "5",

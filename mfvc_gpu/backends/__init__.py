@@ -1,24 +1,25 @@
-"""Where each stage runs: one place resolves the device and the backend, once per fit.
+"""Where each stage runs: the one placement rule, applied once per fit.
 
 ``device="auto"`` picks CUDA when torch sees a GPU, else the CPU. ``backend="auto"`` picks
 ``rapids`` (cuML) when the device is CUDA and cuML imports, else ``cpu`` (umap-learn and
 scikit-learn). An explicitly requested backend never falls back silently.
+
+:func:`resolve` is the only place that decides this. Callers whose facts differ from this
+process's (a Dask cluster's workers, say) pass them in (``cuda=``, ``rapids=``) instead of
+deciding again; the benchmark, the table reader and the Dask path all ask it.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 from dataclasses import dataclass
 
 from ..errors import MFVCError
+from ..optional import RAPIDS_HINT, import_problem
 
 log = logging.getLogger(__name__)
 
-RAPIDS_HINT = (
-    "install RAPIDS with 'conda env create -f environment.yml' or use the container "
-    "('docker compose -f docker/compose.yaml run --rm cluster ...')"
-)
+BACKENDS = ("auto", "cpu", "rapids")
 
 
 @dataclass(frozen=True)
@@ -29,10 +30,24 @@ class Placement:
     backend: str
     note: str = ""
 
+    @property
+    def on_gpu(self) -> bool:
+        return self.device.startswith("cuda")
 
-def rapids_available() -> bool:
-    """True when cuML and CuPy are importable (checked without importing them)."""
-    return all(importlib.util.find_spec(m) is not None for m in ("cuml", "cupy"))
+
+def rapids_problem(dask: bool = False) -> str | None:
+    """None when cuML and CuPy import (and ``cuml.dask`` with ``dask``); else the reason, with the
+    import error's own text when a library is installed but fails to import."""
+    for module in ("cuml", "cupy") + (("cuml.dask", "dask_cuda") if dask else ()):
+        problem = import_problem(module)
+        if problem:
+            return problem
+    return None
+
+
+def rapids_available(dask: bool = False) -> bool:
+    """True when cuML and CuPy import (and ``cuml.dask`` with ``dask``)."""
+    return rapids_problem(dask) is None
 
 
 def cuda_available() -> bool:
@@ -41,31 +56,43 @@ def cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
-def resolve(device: str = "auto", backend: str = "auto") -> Placement:
-    """Resolve ``device`` (auto|cpu|cuda|cuda:N) and ``backend`` (auto|cpu|rapids)."""
-    if backend not in ("auto", "cpu", "rapids"):
-        raise MFVCError(f"backend={backend!r} is not one of auto, cpu, rapids")
-    if device == "auto":
-        device = "cuda" if cuda_available() else "cpu"
-    elif device.startswith("cuda"):
-        if not cuda_available():
-            raise MFVCError(f"device={device!r} but torch sees no CUDA GPU; use --device cpu or install a CUDA build of PyTorch")
-    elif device != "cpu":
+def check_device(device: str) -> None:
+    """Raise :class:`MFVCError` unless ``device`` is auto, cpu, cuda or cuda:N."""
+    ok = device in ("auto", "cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit())
+    if not ok:
         raise MFVCError(f"device={device!r} is not one of auto, cpu, cuda, cuda:N")
+
+
+def resolve(device: str = "auto", backend: str = "auto", *, cuda: bool | None = None, rapids: bool | None = None,
+            dask: bool = False) -> Placement:
+    """Resolve ``device`` (auto|cpu|cuda|cuda:N) and ``backend`` (auto|cpu|rapids).
+
+    ``cuda`` / ``rapids``: whether a CUDA GPU and cuML are there; None probes this process.
+    ``dask``: the stages will run on cuML's Dask estimators, so ``cuml.dask`` must import too.
+    """
+    if backend not in BACKENDS:
+        raise MFVCError(f"backend={backend!r} is not one of {', '.join(BACKENDS)}")
+    check_device(device)
+    if cuda is None and device != "cpu":
+        cuda = cuda_available()
+    if device == "auto":
+        device = "cuda" if cuda else "cpu"
+    elif device.startswith("cuda") and not cuda:
+        raise MFVCError(f"device={device!r} but torch sees no CUDA GPU; use --device cpu or install a CUDA build of PyTorch")
     on_gpu = device.startswith("cuda")
-    if backend == "rapids":
-        if not on_gpu:
-            raise MFVCError("backend='rapids' needs a CUDA device; use --device cuda or --backend cpu")
-        if not rapids_available():
-            raise MFVCError(f"backend='rapids' but cuML is not installed; {RAPIDS_HINT}")
+    if backend == "cpu" or (backend == "auto" and not on_gpu):
+        return Placement(device, "cpu")
+    if not on_gpu:
+        raise MFVCError("backend='rapids' needs a CUDA device; use --device cuda or --backend cpu")
+    have_rapids = rapids_available(dask) if rapids is None else rapids
+    if have_rapids:
         return Placement(device, "rapids")
-    if backend == "auto" and on_gpu:
-        if rapids_available():
-            return Placement(device, "rapids")
-        note = "CUDA without cuML: the encoder runs on the GPU, UMAP and clustering on the CPU"
-        log.warning("%s (%s)", note, RAPIDS_HINT)
-        return Placement(device, "cpu", note)
-    return Placement(device, "cpu")
+    why = (rapids_problem(dask) if rapids is None else None) or "cuML is not available"
+    if backend == "rapids":
+        raise MFVCError(f"backend='rapids' but {why}; {RAPIDS_HINT}")
+    note = "CUDA without cuML: the encoder runs on the GPU, UMAP and clustering on the CPU"
+    log.warning("%s (%s; %s)", note, why, RAPIDS_HINT)
+    return Placement(device, "cpu", note)
 
 
 def get_backend(name: str):
@@ -81,4 +108,5 @@ def get_backend(name: str):
     raise MFVCError(f"unknown backend {name!r}")
 
 
-__all__ = ["Placement", "resolve", "get_backend", "rapids_available", "RAPIDS_HINT"]
+__all__ = ["BACKENDS", "Placement", "resolve", "check_device", "get_backend", "rapids_available", "rapids_problem",
+           "cuda_available", "RAPIDS_HINT"]

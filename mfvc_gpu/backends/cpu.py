@@ -76,6 +76,14 @@ class CPUBackend:
         labels = model.fit_predict(u)
         return model, np.asarray(labels, dtype=np.int64)
 
+    def kmeans_from_centres(self, centres, seed: int):
+        """A fitted scikit-learn ``KMeans`` whose centres are exactly ``centres`` (for ``predict``):
+        one Lloyd step on the centres themselves leaves every centre where it is."""
+        from sklearn.cluster import KMeans
+
+        c = np.ascontiguousarray(self.handoff(centres))
+        return KMeans(n_clusters=len(c), init=c, n_init=1, max_iter=1, random_state=seed).fit(c)
+
     def predict_cluster(self, model, u: np.ndarray) -> np.ndarray:
         if not hasattr(model, "predict"):
             raise MFVCError(f"{type(model).__name__} cannot label new points; use cluster='kmeans' or 'gmm' to predict")

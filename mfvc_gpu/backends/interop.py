@@ -21,22 +21,13 @@ from typing import Any, Iterator
 import numpy as np
 
 from ..errors import MFVCError
+from ..optional import RAPIDS_HINT, require
 
 log = logging.getLogger(__name__)
 
-CUPY_HINT = (
-    "CuPy is not installed; install RAPIDS with 'conda env create -f environment.yml', use the container "
-    "('docker compose -f docker/compose.yaml run --rm cluster ...'), or run with --backend cpu"
-)
-
-
 def import_cupy():
     """Import CuPy, or raise :class:`MFVCError` saying how to get it."""
-    try:
-        import cupy
-    except ImportError as exc:
-        raise MFVCError(CUPY_HINT) from exc
-    return cupy
+    return require("cupy", "the GPU handoff", f"{RAPIDS_HINT}; or run with --backend cpu")
 
 
 def is_cupy(a: Any) -> bool:
@@ -194,7 +185,7 @@ def trace_device_to_host(result: dict) -> Iterator[dict]:
 
 
 __all__ = [
-    "CUPY_HINT", "import_cupy", "is_cupy", "is_cudf", "data_pointer", "same_memory", "as_float_contiguous",
+    "import_cupy", "is_cupy", "is_cudf", "data_pointer", "same_memory", "as_float_contiguous",
     "torch_to_numpy", "numpy_to_torch", "torch_to_cupy", "cupy_to_torch", "to_cupy_float32",
     "device_to_host_from_trace", "trace_device_to_host",
 ]

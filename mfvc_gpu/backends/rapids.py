@@ -31,6 +31,7 @@ import numpy as np
 
 from ..config import ClusterConfig, ManifoldConfig
 from ..errors import MFVCError
+from ..optional import RAPIDS_HINT, require
 from . import interop
 
 log = logging.getLogger(__name__)
@@ -43,12 +44,6 @@ MEASURED_BY = (
     "(listed in device_to_host_copies) until the labels exist; copies made inside cuML are not seen by this "
     "count (run with MFVC_TRACE_COPIES=1 to measure every copy with CUPTI: cupti_device_to_host)"
 )
-
-
-def _rapids_hint() -> str:
-    from . import RAPIDS_HINT
-
-    return RAPIDS_HINT
 
 
 def umap_params(cfg: ManifoldConfig, n_components: int, seed: int) -> dict:
@@ -81,12 +76,8 @@ def dbscan_params(cfg: ClusterConfig) -> dict:
 
 
 def import_cuml():
-    """Import cuML, or raise :class:`MFVCError` naming the fix."""
-    try:
-        import cuml
-    except ImportError as exc:
-        raise MFVCError(f"backend 'rapids' needs cuML, which is not installed; {_rapids_hint()}") from exc
-    return cuml
+    """Import cuML, or raise :class:`MFVCError` naming the fix (and the import error, if it failed)."""
+    return require("cuml", "backend 'rapids'", RAPIDS_HINT)
 
 
 class OnHost:
@@ -266,6 +257,15 @@ class RapidsBackend:
                 labels = cupy.asarray(model.fit_predict(u)).astype(cupy.int64)
         self._labels_exist()
         return model, labels
+
+    def kmeans_from_centres(self, centres, seed: int):
+        """A fitted cuML ``KMeans`` whose centres are exactly ``centres`` (one Lloyd step on the
+        centres themselves leaves every centre where it is)."""
+        cupy = interop.import_cupy()
+        c = cupy.ascontiguousarray(cupy.asarray(centres, dtype=cupy.float32))
+        with self._device():
+            return import_cuml().KMeans(n_clusters=len(c), init=c, n_init=1, max_iter=1, random_state=seed,
+                                        output_type="cupy").fit(c)
 
     def predict_cluster(self, model, u):
         if not hasattr(model, "predict"):

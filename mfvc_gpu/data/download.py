@@ -10,6 +10,7 @@ import urllib.request
 from pathlib import Path
 
 from ..errors import MFVCError
+from ..fileio import atomic_path
 from .registry import REGISTRY, cache_dir
 
 log = logging.getLogger(__name__)
@@ -18,9 +19,8 @@ log = logging.getLogger(__name__)
 def _download(url: str, dest: Path, expected_md5: str | None, progress: bool) -> None:
     from tqdm.auto import tqdm
 
-    tmp = dest.with_name(f".{dest.name}.part")
     md5 = hashlib.md5()
-    try:
+    with atomic_path(dest) as tmp:
         with urllib.request.urlopen(url, timeout=30) as r, open(tmp, "wb") as f:
             total = int(r.headers.get("Content-Length") or 0) or None
             with tqdm(total=total, unit="B", unit_scale=True, desc=dest.name, disable=not progress) as bar:
@@ -30,9 +30,6 @@ def _download(url: str, dest: Path, expected_md5: str | None, progress: bool) ->
                     bar.update(len(chunk))
         if expected_md5 and md5.hexdigest() != expected_md5:
             raise MFVCError(f"{url}: md5 {md5.hexdigest()} does not match the published {expected_md5}; not saved")
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def fetch(name: str, dest: str | os.PathLike | None = None, mirror: str | None = None, progress: bool = True) -> Path:

@@ -2,38 +2,20 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..params import stage_dataclass
 from .blocks import ResVAEBlock
 
 CHANNELS = (16, 32, 64, 128, 256)
 
 
-@dataclass(frozen=True)
-class VAEConfig:
-    """Hyperparameters of the network.
-
-    latent_dim : size of the latent code. Larger codes reconstruct better and cluster slightly
-        worse once the KL term is weak; 32 is a good middle ground for 10-class image sets.
-    beta : weight of the KL term. Larger values give smoother, more Gaussian codes and blurrier
-        reconstructions; small values (≈0.01) keep the class structure UMAP needs.
-    attention : "simam" (paper), "cbam" or "none" (ablations).
-    residual : keep the residual path of every block (``False`` is the ablation).
-    fusion : concatenate the global-average-pooled output of every block (496 features); with
-        ``False`` only the last block's 256 features feed the latent heads.
-    """
-
-    latent_dim: int = 32
-    beta: float = 0.01
-    attention: str = "simam"
-    residual: bool = True
-    fusion: bool = True
-    in_channels: int = 1
-    image_size: int = 32
+VAEConfig = stage_dataclass(
+    "VAEConfig", "network", "Hyperparameters of the network (the ``network`` settings, plus the input shape).",
+    extra=(("in_channels", int, 1), ("image_size", int, 32)), module=__name__,
+)
 
 
 class Encoder(nn.Module):

@@ -146,6 +146,6 @@ def main(a: argparse.Namespace) -> int:
 if __name__ == "__main__":
     import sys
 
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.bench", description=__doc__.strip().splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m mfvc_gpu.bench", description=__doc__.strip().splitlines()[0])
     add_arguments(parser)
     sys.exit(main(parser.parse_args()))

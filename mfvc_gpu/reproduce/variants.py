@@ -4,7 +4,7 @@ A :class:`Variant` is one clustering pipeline: where its features come from (``p
 β-VAE ``vae`` with a network variant, or the ``n2d`` MLP autoencoder), the manifold stage and
 the clustering stage, each with the MFVC parameters that differ from the defaults. Two variants
 with the same network share one trained encoder; two with the same manifold settings share one
-embedding (:mod:`benchmarks.repro_runner` caches both).
+embedding (:mod:`mfvc_gpu.reproduce.runner` caches both).
 
 The paper's numbers beside the tables are those of ``DESIGN.md`` (the paper's Table 2, ACC /
 NMI); cells it does not give stay "—" rather than being filled in from memory.

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -29,17 +28,21 @@ import torch
 
 from mfvc_gpu import MFVC, evaluate, load_dataset
 from mfvc_gpu.backends import resolve
+from mfvc_gpu import __version__
 from mfvc_gpu.config import PROFILES, profile_for
+from mfvc_gpu.params import ESTIMATOR_PARAMS
 from mfvc_gpu.data.loading import Dataset
 from mfvc_gpu.data.registry import REGISTRY
 from mfvc_gpu.errors import MFVCError
+from mfvc_gpu.fileio import atomic_path, write_json
 
-from .repro_report import hardware_summary
+from .report import hardware_summary
 from .variants import Variant, train_mlp_autoencoder
 
-NETWORK_KEYS = ("latent_dim", "beta", "attention", "residual", "fusion", "batch_size", "lr")
-MANIFOLD_KEYS = ("manifold", "n_neighbors", "min_dist", "n_components", "knn")
-CLUSTER_KEYS = ("cluster", "eps", "min_samples")
+# The settings each cached step depends on, from the table: a new setting enters the keys by itself.
+NETWORK_KEYS = tuple(p.name for p in ESTIMATOR_PARAMS if p.stage in ("network", "train") and p.name not in ("profile", "epochs"))
+MANIFOLD_KEYS = tuple(p.name for p in ESTIMATOR_PARAMS if p.stage == "manifold")
+CLUSTER_KEYS = tuple(p.name for p in ESTIMATOR_PARAMS if p.stage == "cluster" and p.name != "n_clusters")
 N2D_SETTINGS = dict(arch="500-500-2000", optimizer="adam", lr=1e-3, batch_size=256)
 
 
@@ -48,24 +51,17 @@ class DatasetUnavailable(Exception):
 
 
 def _hash(obj) -> str:
-    return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:10]
-
-
-def _tmp(path: Path) -> Path:
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    """A short key of ``obj`` and the package version: a code change never serves stale results."""
+    return hashlib.sha1(json.dumps([__version__, obj], sort_keys=True, default=str).encode()).hexdigest()[:10]
 
 
 def save_npy(path: Path, arr: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(_tmp(path), "wb") as f:
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
         np.save(f, arr)
-    os.replace(_tmp(path), path)
 
 
 def save_json(path: Path, obj: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _tmp(path).write_text(json.dumps(obj, indent=1, default=str))
-    os.replace(_tmp(path), path)
+    write_json(path, obj, indent=1)
 
 
 def load_json(path: Path) -> dict:
@@ -109,7 +105,7 @@ class Runner:
         placement = resolve(device, backend)
         self.device, self.backend = placement.device, placement.backend
         self.profile = profile_for(profile, torch.device(self.device).type)
-        self.epochs = int(epochs or PROFILES[self.profile].epochs)
+        self.epochs = int(epochs or PROFILES[self.profile]["epochs"])
         if limit is not None and limit < 20:
             raise MFVCError(f"--limit {limit}: use at least 20 images")
         self.cache = Path(out) / "cache"

@@ -3,7 +3,7 @@
 Dask runs the stages after training (:mod:`mfvc_gpu.distributed`); training on several GPUs is
 PyTorch's job::
 
-    torchrun --standalone --nproc-per-node 4 -m mfvc_gpu.ddp --dataset mnist --out runs/vae-ddp
+    torchrun --standalone --nproc-per-node 4 -m mfvc_gpu.distributed.ddp --dataset mnist --out runs/vae-ddp
 
 Every process loads the data set, takes its own share of the images (a seeded permutation, then
 every WORLD-th image from position RANK, padded by repetition to equal shares, as
@@ -26,7 +26,7 @@ import argparse
 import json
 import logging
 import os
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +34,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from .errors import MFVCError
+from ..errors import MFVCError
 
 log = logging.getLogger(__name__)
 
@@ -69,10 +69,10 @@ def _checksum(model: torch.nn.Module) -> float:
 
 def train_ddp(args: argparse.Namespace) -> dict | None:
     """One process of a torchrun job: train its replica, and (rank 0) write the weights."""
-    from .config import PROFILES, profile_for
-    from .data.loading import load_dataset
-    from .models import BetaVAE, VAEConfig
-    from .train import train_vae
+    from ..config import PROFILES, profile_for
+    from ..data.loading import load_dataset
+    from ..models import BetaVAE, VAEConfig
+    from ..train import TrainConfig, train_vae
 
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
@@ -87,7 +87,7 @@ def train_ddp(args: argparse.Namespace) -> dict | None:
         images = ds.images[: args.limit] if args.limit else ds.images
         share = images[shard_indices(len(images), rank, world, args.seed)]
         base = PROFILES[profile_for(args.profile, device.type)]
-        cfg = replace(base, epochs=args.epochs or base.epochs, batch_size=args.batch_size or base.batch_size, lr=args.lr or base.lr)
+        cfg = TrainConfig(**{k: getattr(args, k) or v for k, v in base.items()})
         torch.manual_seed(args.seed)  # the same initial weights everywhere (DDP also broadcasts rank 0's)
         net = BetaVAE(VAEConfig(latent_dim=args.latent_dim, beta=args.beta, attention=args.attention))
         net.to(device, memory_format=torch.channels_last)
@@ -113,19 +113,19 @@ def train_ddp(args: argparse.Namespace) -> dict | None:
 
 
 def load_weights(folder: str | os.PathLike, device: str = "cpu"):
-    """The BetaVAE that ``python -m mfvc_gpu.ddp --out FOLDER`` wrote, in eval mode."""
-    from .models import BetaVAE, VAEConfig
+    """The BetaVAE that ``python -m mfvc_gpu.distributed.ddp --out FOLDER`` wrote, in eval mode."""
+    from ..models import BetaVAE, VAEConfig
 
     folder = Path(folder)
     if not (folder / "weights.pt").exists() or not (folder / "vae.json").exists():
-        raise MFVCError(f"{folder} has no weights.pt and vae.json; train with 'torchrun ... -m mfvc_gpu.ddp --out {folder}'")
+        raise MFVCError(f"{folder} has no weights.pt and vae.json; train with 'torchrun ... -m mfvc_gpu.distributed.ddp --out {folder}'")
     model = BetaVAE(VAEConfig(**json.loads((folder / "vae.json").read_text())))
     model.load_state_dict(torch.load(folder / "weights.pt", map_location=device, weights_only=True))
     return model.to(device).eval()
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="torchrun --nproc-per-node N -m mfvc_gpu.ddp",
+    p = argparse.ArgumentParser(prog="torchrun --nproc-per-node N -m mfvc_gpu.distributed.ddp",
                                 description="Train the MFVC β-VAE with DistributedDataParallel (one process per GPU).")
     p.add_argument("--dataset", default="mnist", help="a registry name or a path, as for 'mfvc-gpu cluster'")
     p.add_argument("--data-dir")

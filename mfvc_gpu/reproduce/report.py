@@ -8,7 +8,7 @@ import statistics
 from datetime import datetime, timezone
 from importlib import metadata
 
-from .report import cpu_model, memory_gib
+from ..bench.report import cpu_model, memory_gib
 
 DASH = "—"
 NOT_YET = "not yet measured"

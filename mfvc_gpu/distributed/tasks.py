@@ -15,7 +15,7 @@ import threading
 import numpy as np
 import torch
 
-from .config import ManifoldConfig
+from ..config import ManifoldConfig
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ _MODELS_LOCK = threading.Lock()
 
 def _model_on_worker(token: str, payload: dict, device: torch.device):
     """The network of run ``token``, built once per worker process from the broadcast weights."""
-    from .models import BetaVAE, VAEConfig
+    from ..models import BetaVAE, VAEConfig
 
     with _MODELS_LOCK:
         model = _MODELS.get(token)
@@ -91,7 +91,7 @@ def _model_on_worker(token: str, payload: dict, device: torch.device):
 @on_worker("encode")
 def encode_partition(images: np.ndarray, token: str, payload: dict | None, device: str, batch_size: int, cupy_out: bool):
     """Posterior means of one partition, ``batch_size`` images at a time (raw pixels without a network)."""
-    from .train import encode
+    from ..train import encode
 
     dev = torch.device(device)
     if dev.type == "cpu":
@@ -101,7 +101,7 @@ def encode_partition(images: np.ndarray, token: str, payload: dict | None, devic
     else:
         z = encode(_model_on_worker(token, payload, dev), images, dev, batch_size)
     if cupy_out:
-        from .backends import interop
+        from ..backends import interop
 
         return interop.import_cupy().from_dlpack(z.contiguous())  # same device memory, no copy
     return z.cpu().numpy()
@@ -112,11 +112,11 @@ def fit_umap(sample, cfg: dict, n_components: int, seed: int, gpu: bool):
     """UMAP fitted on the sample; returns (model, the sample's embedding)."""
     cfg = ManifoldConfig(**cfg)
     if gpu:
-        from .backends.rapids import import_cuml, umap_params
+        from ..backends.rapids import import_cuml, umap_params
 
         model = import_cuml().UMAP(**umap_params(cfg, n_components, seed)).fit(sample)
         return model, model.embedding_
-    from .backends.cpu import CPUBackend
+    from ..backends.cpu import CPUBackend
 
     _one_thread()
     return CPUBackend().fit_manifold(np.asarray(sample, dtype=np.float32), cfg, n_components, seed)
@@ -178,8 +178,8 @@ def peak_memory() -> dict:
 
 
 def probe() -> dict:
-    from .backends import rapids_available
+    from ..backends import rapids_available
 
-    return {"cuda": bool(torch.cuda.is_available()), "rapids": rapids_available(), "torch": torch.__version__}
+    return {"cuda": bool(torch.cuda.is_available()), "rapids": rapids_available(dask=True), "torch": torch.__version__}
 
 

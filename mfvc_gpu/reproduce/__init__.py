@@ -17,16 +17,16 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
 import time
 from pathlib import Path
 
 from mfvc_gpu.errors import MFVCError
+from mfvc_gpu.fileio import write_text
 
 from . import variants as V
-from .repro_report import fmt_seconds, footnotes, header, summarize, sweep_markdown, table2_markdown, variants_markdown
-from .repro_runner import DatasetUnavailable, Runner
+from .report import fmt_seconds, footnotes, header, summarize, sweep_markdown, table2_markdown, variants_markdown
+from .runner import DatasetUnavailable, Runner
 
 TABLE2_DATASETS = ("mnist-test", "fashion-mnist-test", "mnist", "fashion-mnist", "usps", "emnist-digits", "emnist-balanced")
 SMALL_DATASETS = ("mnist-test", "fashion-mnist-test")
@@ -143,11 +143,7 @@ def _run_facts(runner: Runner, a, seeds, results: dict, stats: dict, t0: float) 
                 compute_s=compute_seconds(recs), **stats)
 
 
-def write_atomic(path: Path, text: str) -> Path:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+write_atomic = write_text
 
 
 # ---------------------------------------------------------------- tables

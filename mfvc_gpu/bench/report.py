@@ -25,6 +25,7 @@ import subprocess
 import sys
 from importlib import metadata
 from pathlib import Path
+from mfvc_gpu.fileio import write_bytes
 
 COLUMNS = [
     "stage", "backend", "device", "library", "variant", "baseline", "dataset", "n_samples", "n_features", "rep",
@@ -39,11 +40,7 @@ PACKAGES = ("mfvc_gpu", "torch", "numpy", "scipy", "scikit-learn", "umap-learn",
 
 def write_atomic(path: Path, data: str | bytes) -> Path:
     """Write ``data`` to ``path`` through a temporary file in the same folder and a rename."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data.encode() if isinstance(data, str) else data)
-    os.replace(tmp, path)
-    return path
+    return write_bytes(path, data.encode() if isinstance(data, str) else data)
 
 
 def write_csv(rows: list[dict], path: Path) -> Path:
@@ -158,9 +155,9 @@ def markdown(summary: list[dict], machine: dict, command: str, protocol: str) ->
 def plot(summary: list[dict], path: Path) -> Path:
     """Left: median seconds per stage and backend (default settings, largest n both can show),
     log scale. Right: the scaling of UMAP and K-Means with n, log-log."""
-    from mfvc_gpu.plotting import _pyplot, _save
+    from mfvc_gpu.plotting import pyplot, save_figure
 
-    plt = _pyplot()
+    plt = pyplot()
     from matplotlib.ticker import FuncFormatter, LogLocator
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4.8))
@@ -212,7 +209,7 @@ def plot(summary: list[dict], path: Path) -> Path:
     else:
         ax2.text(0.5, 0.5, "no UMAP / K-Means timings", ha="center", va="center", transform=ax2.transAxes)
     try:
-        return _save(fig, path)
+        return save_figure(fig, path)
     finally:
         plt.close(fig)
 

@@ -1,1 +1,0 @@
-"""Benchmarks and hardware checks (run as ``python -m benchmarks.<name>``)."""

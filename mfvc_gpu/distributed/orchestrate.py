@@ -1,0 +1,307 @@
+"""``fit_distributed``: every stage after training on Dask workers (see :mod:`mfvc_gpu.distributed`)."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+import uuid
+from dataclasses import asdict
+
+import numpy as np
+import torch
+
+from .. import backends
+from ..errors import MFVCError
+from ..optional import DASK_HINT, require
+from . import tasks
+from .connect import connect, disconnect, import_distributed
+from .runner import StageRunner, settle, to_numpy
+
+log = logging.getLogger(__name__)
+
+
+TRANSFORM_BATCH = 4096  # rows per umap-learn transform call on a CPU worker
+
+
+def fit_distributed(est, X, cluster="local", n_workers: int | None = None, *, model=None, sample_size: int = 20_000,
+                    partition_rows: int | None = None, batch_size: int = 1024, timeout: float = 900.0):
+    """Fit the :class:`~mfvc_gpu.MFVC` estimator ``est`` on images ``X``, every stage after training on Dask.
+
+    Parameters
+    ----------
+    est : MFVC
+        Its settings are used as by ``est.fit``; K-Means only, with UMAP or no manifold stage.
+    cluster : "local", "local-cuda", a scheduler address, or a ``dask.distributed.Client``
+        Where to run (see :func:`connect`). A cluster started here is closed at the end.
+    n_workers : int or None
+        Workers to start (local clusters) or to wait for (an address).
+    model : BetaVAE or None
+        Trained weights (from ``python -m mfvc_gpu.distributed.ddp``, say); None trains in the client process
+        first. With ``encoder="none"`` the pixels are clustered.
+    sample_size : int
+        Rows UMAP is fitted on, on one worker; they keep the fit's coordinates and every other row
+        is transformed. A larger sample gives an embedding closer to a fit on everything, at more
+        time and memory on that one worker; with ``sample_size >= len(X)`` nothing is transformed.
+    partition_rows : int or None
+        Rows per partition (default: two partitions per worker, at most 65 536 rows). Smaller
+        partitions bound each worker's memory and balance the load, at more scheduling overhead.
+    batch_size : int
+        Images per forward pass inside a partition.
+    timeout : float
+        Seconds any one stage may take before :class:`MFVCError` is raised.
+
+    Sets the fitted attributes ``est.fit`` sets, plus ``distributed_``: the workers, how many tasks
+    of each stage each worker ran, seconds per stage, and each worker's peak memory.
+    """
+    t_start = time.perf_counter()
+    images = est._prepare(X, fitting=True)
+    est._validate(len(images))
+    if est.cluster != "kmeans":
+        raise MFVCError(f"cluster={est.cluster!r}: the Dask path clusters with K-Means only; use kmeans or leave out --dask-cluster")
+    if est.manifold not in ("umap", "none"):
+        raise MFVCError(f"manifold={est.manifold!r}: the Dask path runs UMAP or no manifold stage; leave out --dask-cluster for {est.manifold}")
+    if not isinstance(sample_size, int) or sample_size <= est.n_neighbors:
+        raise MFVCError(f"sample_size={sample_size!r} must be an integer above n_neighbors ({est.n_neighbors})")
+    if partition_rows is not None and (not isinstance(partition_rows, int) or partition_rows < 1):
+        raise MFVCError(f"partition_rows={partition_rows!r} must be a positive integer")
+    if model is not None and est.encoder != "vae":
+        raise MFVCError("a trained model was given but encoder='none'; use encoder='vae'")
+    import_distributed()
+    own = isinstance(cluster, str)
+    t0 = time.perf_counter()
+    client = connect(cluster, n_workers, timeout=min(timeout, 120.0)) if own else cluster
+    t_connect = time.perf_counter() - t0
+    try:
+        job = _DaskFit(est, images, client, cluster if own else "client", StageRunner(client, timeout))
+        job.fit(model, sample_size, partition_rows, batch_size)
+    finally:
+        if own:
+            disconnect(client)
+    if own:
+        est.timings_["connect"] = t_connect
+    est.timings_["total"] = time.perf_counter() - t_start
+    return est
+
+
+class _DaskFit:
+    """One distributed fit, stage by stage; fills the estimator's fitted attributes at the end."""
+
+    def __init__(self, est, images: np.ndarray, client, cluster_name: str, run: StageRunner) -> None:
+        self.est, self.images, self.client, self.cluster_name, self.run = est, images, client, cluster_name, run
+        self.timings: dict[str, float] = {}
+
+    def fit(self, model, sample_size: int, partition_rows: int | None, batch_size: int) -> None:
+        est, client = self.est, self.client
+        self.probe()
+        model = self.train(model)
+        n, w = len(self.images), len(self.workers)
+        rows = partition_rows or min(65_536, max(256, math.ceil(n / (2 * w))))
+        self.bounds = [(s, min(n, s + rows)) for s in range(0, n, rows)]
+        weights, parts = self.run("scatter", lambda: self.scatter(model))
+        enc_futs, Z = self.encode(model, weights, parts, batch_size)
+        k = est.n_components or est.n_clusters
+        m = min(n, sample_size)
+        fit_worker = None
+        if est.manifold == "umap":
+            fitted = self.run("umap_fit", lambda: self.umap_fit(Z, m, k))
+            est.manifold_model_ = fitted[2]
+            fit_worker = list(client.who_has([fitted[0]]).get(fitted[0].key, ()))
+            U = self.run("umap_transform", lambda: self.umap_transform(Z, fitted, k))
+            sample_points = fitted[3]
+        else:
+            est.manifold_model_, U = None, Z
+            idx = np.sort(np.random.default_rng(est.seed_).choice(n, m, replace=False)) if m < n else np.arange(n)
+            sample_points = Z[idx]
+        est.cluster_model_, labels = self.run("kmeans", lambda: self.kmeans(U, sample_points))
+        z_host, u_host = self.run("gather", lambda: [to_numpy(a) for a in client.compute([Z, U], sync=True)])
+        memory = self.run("memory", lambda: client.run(tasks.peak_memory))
+        for helper in ("memory", "probe"):
+            self.run.stages.pop(helper, None)
+        who = client.who_has(enc_futs)
+        self.finish(labels, z_host, u_host, {
+            "partitions": len(self.bounds),
+            "partition_rows": rows,
+            "encode_partitions_per_worker": {a: sum(a in who.get(f.key, ()) for f in enc_futs) for a in self.workers},
+            "umap_sample": m if est.manifold == "umap" else None,
+            "umap_fit_worker": fit_worker,
+            "kmeans_init": f"scikit-learn KMeans (n_init={est.cluster_config_.n_init}) on the {m}-row sample",
+            "stages": self.run.stages,
+            "peak_memory": memory,
+            "client_peak_memory": tasks.peak_memory(),
+        })
+
+    # ------------------------------------------------------------------ stages
+    def probe(self) -> None:
+        """Which workers there are, and whether they have GPUs and cuML: sets the placement."""
+        client = self.client
+        self.workers_info, probe = self.run("probe", lambda: (client.scheduler_info(n_workers=-1)["workers"], client.run(tasks.probe)))
+        self.workers = sorted(self.workers_info)
+        if not self.workers:
+            raise MFVCError(f"the Dask cluster at {client.scheduler.address} has no workers; start some with 'dask worker ADDRESS'")
+        self.probe_ = probe
+        gpus = bool(probe) and all(p["cuda"] for p in probe.values())
+        rapids = gpus and all(p["rapids"] for p in probe.values())
+        try:
+            placement = backends.resolve(self.est.device, self.est.backend, cuda=gpus, rapids=rapids, dask=True)
+        except MFVCError as exc:
+            raise MFVCError(f"on the Dask workers: {exc}") from exc
+        self.device = "cuda" if placement.on_gpu else "cpu"  # a dask-cuda worker sees its own GPU as cuda:0
+        self.backend = placement.backend
+        self.gpu = self.backend == "rapids"
+        if not self.gpu:
+            require("dask_ml.cluster", "the Dask path on CPU workers", DASK_HINT)
+
+    def train(self, model):
+        """Train in the client process (Dask is not a training engine), unless ``model`` is given."""
+        est = self.est
+        device = torch.device(backends.resolve(est.device, "cpu").device)
+        est._settle(device.type)
+        est.history_ = []
+        if model is None and est.encoder == "vae":
+            est._train(self.images, device, self.timings)
+            return est.model_
+        if model is not None:
+            est.vae_config_ = model.cfg
+        est.model_ = model
+        return model
+
+    def scatter(self, model):
+        """The weights once to every worker; the image partitions round-robin, each to one worker."""
+        client, w = self.client, len(self.workers)
+        weights = None
+        if model is not None:
+            payload = {"config": asdict(model.cfg), "state": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
+            weights = client.scatter([payload], broadcast=True, hash=False)[0]
+        parts = [client.scatter(self.images[s:e], workers=[self.workers[i % w]], hash=False) for i, (s, e) in enumerate(self.bounds)]
+        return weights, parts
+
+    def encode(self, model, weights, parts, batch_size: int):
+        """One task per partition, on the worker that holds it; the codes as one Dask array."""
+        import dask.array as da
+
+        client, w, token = self.client, len(self.workers), uuid.uuid4().hex
+        dim = model.cfg.latent_dim if model is not None else int(np.prod(self.images.shape[1:]))
+        if self.gpu:
+            from ..backends import interop
+
+            meta = interop.import_cupy().empty((0, dim), dtype=np.float32)
+        else:
+            meta = np.empty((0, dim), dtype=np.float32)
+
+        def stage():
+            futs = [client.submit(tasks.encode_partition, p, token, weights, self.device, batch_size, self.gpu,
+                                  workers=[self.workers[i % w]], allow_other_workers=True, pure=False) for i, p in enumerate(parts)]
+            settle(futs)
+            z = da.concatenate([da.from_delayed(f, shape=(e - s, dim), dtype=np.float32, meta=meta) for f, (s, e) in zip(futs, self.bounds)])
+            return futs, z, bool(da.isfinite(z).all().compute())
+
+        futs, z, finite = self.run("encode", stage)
+        if not finite:
+            raise MFVCError("the features contain NaN or infinite values; lower the learning rate or check the input")
+        return futs, z
+
+    def umap_fit(self, Z, m: int, k: int):
+        """UMAP on ``m`` random rows, on one worker; returns (its future, the rows, the model, their embedding)."""
+        est, n = self.est, len(self.images)
+        idx = np.sort(np.random.default_rng(est.seed_).choice(n, m, replace=False)) if m < n else np.arange(n)
+        sample = self.client.compute(Z[idx])
+        f = self.client.submit(tasks.fit_umap, sample, asdict(est.manifold_config_), k, est.seed_, self.gpu, pure=False)
+        settle([f])
+        model, embedding = f.result()
+        return f, idx, model, embedding
+
+    def umap_transform(self, Z, fitted, k: int):
+        """Every partition's embedding, in parallel: rows in the sample keep the fit's coordinates,
+        the others go through the fitted model's ``transform``. Persisted on the workers."""
+        from operator import getitem
+
+        from distributed import futures_of
+
+        import dask.array as da
+
+        client = self.client
+        fit_fut, idx, model, _ = fitted
+        emb_fut = client.submit(getitem, fit_fut, 1, pure=False)
+        rows_fut = client.scatter(idx, broadcast=True, hash=False)
+        if self.gpu:
+            from cuml.dask.manifold import UMAP as DaskUMAP
+
+            from ..backends import interop
+
+            meta = interop.import_cupy().empty((0, k), dtype=np.float32)
+            out = DaskUMAP(model=model, client=client).transform(Z)
+            # cuML returns blocks of unknown length under a 1-D signature: give them their rows back
+            blocks = out.to_delayed().ravel()
+            U = da.concatenate([da.from_delayed(b, shape=(r, k), dtype=np.float32, meta=meta) for b, r in zip(blocks, Z.chunks[0])])
+            U = U.map_blocks(tasks.keep_sample_rows, rows_fut, emb_fut, dtype=np.float32, meta=meta)
+        else:
+            model_fut = client.submit(getitem, fit_fut, 0, pure=False)
+            U = Z.map_blocks(tasks.transform_block, model_fut, rows_fut, emb_fut, k, TRANSFORM_BATCH, dtype=np.float32,
+                             chunks=(Z.chunks[0], (k,)), meta=np.empty((0, k), dtype=np.float32))
+        U = client.persist(U)
+        settle(futures_of(U))
+        return U
+
+    def kmeans(self, U, sample_points):
+        """Distributed K-Means, seeded with scikit-learn's K-Means (``n_init`` restarts) on the sample.
+
+        Lloyd's iterations over every row run on the workers (cuML's or dask-ml's K-Means); the
+        restarts, which decide which local optimum is found, run on the sample's ``m`` rows only.
+        Returns (a local model with the final centres, the labels).
+        """
+        from sklearn.cluster import KMeans
+
+        est = self.est
+        cfg = est.cluster_config_
+        init = KMeans(n_clusters=est.n_clusters, n_init=cfg.n_init, random_state=est.seed_).fit(
+            np.asarray(to_numpy(sample_points), dtype=np.float32)).cluster_centers_.astype(np.float32)
+        if self.gpu:
+            from cuml.dask.cluster import KMeans as DaskKMeans
+
+            from ..backends.rapids import kmeans_params
+
+            params = kmeans_params(cfg, est.n_clusters, est.seed_)
+            params.pop("output_type", None)  # cuML's Dask K-Means sets the output type itself
+            params.update(init=init, n_init=1)
+            km = DaskKMeans(client=self.client, **params).fit(U)
+            # labels by predict over U, which keeps U's partition order; cuML's labels_ come per worker
+            return backends.get_backend("rapids").kmeans_from_centres(km.cluster_centers_, est.seed_), to_numpy(km.predict(U))
+        from dask_ml.cluster import KMeans as DaskKMeans
+
+        km = DaskKMeans(n_clusters=est.n_clusters, init=init, random_state=est.seed_).fit(U)
+        return backends.get_backend("cpu").kmeans_from_centres(to_numpy(km.cluster_centers_), est.seed_), to_numpy(km.predict(U))
+
+    # ------------------------------------------------------------------ record
+    def finish(self, labels, z_host, u_host, record: dict) -> None:
+        est, gpu, w = self.est, self.gpu, len(self.workers)
+        est.backend_, est.device_ = self.backend, self.device
+        est.placement_note_ = f"Dask: {w} workers ({self.cluster_name}), {'cuML' if gpu else 'umap-learn + dask-ml'}"
+        est._backend = backends.get_backend(self.backend)
+        est.latent_ = np.ascontiguousarray(z_host, dtype=np.float32)
+        est.embedding_ = np.ascontiguousarray(u_host, dtype=np.float32)
+        est.labels_ = np.asarray(labels, dtype=np.int64)
+        est.n_features_in_ = est.latent_.shape[1]
+        est.handoff_ = {"backend": self.backend, "source": "dask", "array": "cupy" if gpu else "numpy", "partitions": len(self.bounds),
+                        "note": "the codes stay on the workers between stages; only the UMAP sample moves to the fitting "
+                                "worker, and codes, embedding and labels come back to the client at the end"}
+        self.timings.update({s: r["seconds"] for s, r in self.run.stages.items()})
+        est.timings_ = self.timings
+        est.distributed_ = {
+            "cluster": self.cluster_name,
+            "scheduler": self.client.scheduler.address,
+            "n_workers": w,
+            "workers": {a: {"nthreads": self.workers_info[a].get("nthreads"), "memory_limit": self.workers_info[a].get("memory_limit"),
+                            **self.probe_.get(a, {})} for a in self.workers},
+            "device": self.device,
+            "backend": self.backend,
+            "engines": {"umap_fit": "cuml.UMAP" if gpu else "umap.UMAP",
+                        "umap_transform": "cuml.dask.manifold.UMAP(model=...)" if gpu else "dask.array.map_blocks(umap.UMAP.transform)",
+                        "kmeans": "cuml.dask.cluster.KMeans" if gpu else "dask_ml.cluster.KMeans"},
+            **record,
+        }
+
+
+
+
+__all__ = ["fit_distributed"]

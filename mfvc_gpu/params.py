@@ -1,0 +1,239 @@
+"""The one table of settings: each declared once, everything else derived from it.
+
+A :class:`Param` says a setting's name, type, default, valid values, one line of help and the
+stage it belongs to. From :data:`PARAMS` come:
+
+* the estimator's parameters (:class:`mfvc_gpu.MFVC`'s signature and docstring),
+* the stage dataclasses (:class:`~mfvc_gpu.models.VAEConfig`, :class:`~mfvc_gpu.train.TrainConfig`,
+  :class:`~mfvc_gpu.config.ManifoldConfig`, :class:`~mfvc_gpu.config.ClusterConfig`),
+* the run configuration and its YAML schema (:class:`mfvc_gpu.config.RunConfig`),
+* the ``mfvc-gpu cluster`` flags (:func:`mfvc_gpu.cli.add_param_flags`).
+
+A new setting is one line here. This module imports neither torch nor any stage's code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import numbers
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import MFVCError
+
+_SAME = "<the estimator's default>"  # run_default: no separate default for runs
+
+STAGES = ("data", "network", "train", "manifold", "cluster", "placement", "run")
+
+# The training protocols. "paper" is section 3 of the paper: AdamW, lr 0.005, cosine annealing,
+# batch 64, 200 epochs. "fast" is the CPU profile: the same protocol for 30 epochs. Measured with
+# seeds 0-2 on a 2-core CPU: MNIST-test ACC 0.966 at 20 epochs, 0.971 at 30; Fashion-MNIST-test
+# 0.591 and 0.592 (docs/RESULTS.md, "Choosing the fast profile").
+PROFILES: dict[str, dict[str, Any]] = {
+    "paper": {"epochs": 200, "batch_size": 64, "lr": 0.005},
+    "fast": {"epochs": 30, "batch_size": 64, "lr": 0.005},
+}
+
+
+@dataclass(frozen=True)
+class Param:
+    """One setting.
+
+    kind : int, float, str or bool. ``optional``: None is allowed too (its meaning is in ``help``).
+    choices : the valid strings. low / high : the valid range (inclusive unless ``open_low``).
+    stage : where it acts (one of :data:`STAGES`). field : its name in the stage dataclass
+        (default: ``name``; None: not a field there).
+    estimator : a parameter of :class:`mfvc_gpu.MFVC`. config : written to a run's ``config.yaml``.
+    cli : has a ``mfvc-gpu cluster`` flag. aliases : older names accepted in YAML and as flags.
+    run_default : the default of a run (``config.yaml`` / CLI) where it differs from the estimator's.
+    """
+
+    name: str
+    kind: type
+    default: Any
+    stage: str
+    help: str
+    choices: tuple[str, ...] | None = None
+    low: float | None = None
+    high: float | None = None
+    open_low: bool = False
+    optional: bool = False
+    field: str | None = ""
+    estimator: bool = True
+    config: bool = True
+    cli: bool = True
+    aliases: tuple[str, ...] = ()
+    run_default: Any = _SAME
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def field_name(self) -> str | None:
+        return self.name if self.field == "" else self.field
+
+    @property
+    def default_in_run(self) -> Any:
+        return self.default if self.run_default is _SAME else self.run_default
+
+    def valid(self) -> str:
+        """The valid values, in words: "one of a, b", "an integer >= 1", "a number in [0, 1]"."""
+        if self.choices:
+            text = "one of " + ", ".join(self.choices)
+        elif self.kind is bool:
+            text = "true or false"
+        else:
+            noun = "an integer" if self.kind is int else "a number"
+            lo = None if self.low is None else (f"> {self.low:g}" if self.open_low else f">= {self.low:g}")
+            if self.low is not None and self.high is not None:
+                text = f"{noun} in {'(' if self.open_low else '['}{self.low:g}, {self.high:g}]"
+            elif lo:
+                text = f"{noun} {lo}"
+            else:
+                text = noun
+        return text + (" or None" if self.optional else "")
+
+    def check(self, value: Any) -> Any:
+        """``value`` if valid (ints given for floats become floats), else :class:`MFVCError`
+        naming the setting, the value and the valid range."""
+        def bad() -> MFVCError:
+            return MFVCError(f"{self.name}={value!r} is invalid: must be {self.valid()}")
+
+        if value is None:
+            if self.optional:
+                return None
+            raise bad()
+        if self.kind is bool:
+            if not isinstance(value, (bool,)) and not (isinstance(value, numbers.Integral) and value in (0, 1)):
+                raise bad()
+            return bool(value)
+        if self.kind is str:
+            if not isinstance(value, str) or (self.choices and value not in self.choices):
+                raise bad()
+            return value
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise bad()
+        if self.kind is int:
+            if not isinstance(value, numbers.Integral):
+                raise bad()
+            value = int(value)
+        else:
+            value = float(value)
+            if not math.isfinite(value):
+                raise bad()
+        if self.low is not None and (value < self.low or (self.open_low and value == self.low)):
+            raise bad()
+        if self.high is not None and value > self.high:
+            raise bad()
+        return value
+
+
+P = Param
+# fmt: off
+PARAMS: tuple[Param, ...] = (
+    # data (a run's, not the estimator's: the estimator is given the images)
+    P("dataset", str, "digits", "data", "a name from 'mfvc-gpu datasets list', a .npz/.npy file, an image folder, "
+      "or a .csv/.parquet table of feature vectors", estimator=False),
+    P("split", str, None, "data", "which split; None: the set's own ('all' is the paper's protocol)",
+      choices=("train", "test", "all"), optional=True, estimator=False),
+    P("data_dir", str, None, "data", "folder searched first for the data set's files", optional=True, estimator=False),
+    # the clustering target
+    P("n_clusters", int, 10, "cluster", "number of clusters, and UMAP's output dimension unless n_components is set; "
+      "a run without it takes the data set's number of classes", low=1, optional=True, field=None, run_default=None),
+    # the network
+    P("encoder", str, "vae", "network", "'vae': the β-VAE's posterior means; 'none': raw pixels (or given features) "
+      "go to the manifold stage (a baseline)", choices=("vae", "none"), field=None),
+    P("latent_dim", int, 32, "network", "latent size; larger codes reconstruct better and cluster slightly worse "
+      "once the KL term is weak", low=1),
+    P("beta", float, 0.01, "network", "weight of the KL term; larger gives smoother codes and usually lower accuracy",
+      low=0.0),
+    P("attention", str, "simam", "network", "attention in every block: 'simam' (paper), 'cbam' or 'none' (ablations)",
+      choices=("simam", "cbam", "none")),
+    P("residual", bool, True, "network", "keep the residual path of every block (off is the ablation)"),
+    P("fusion", bool, True, "network", "early fusion: global-average-pool every block into the latent heads "
+      "(off: the last block's 256 features only)"),
+    # training
+    P("profile", str, "auto", "train", "training protocol: 'paper' (200 epochs), 'fast' (the CPU profile); "
+      "'auto': paper on CUDA, fast on the CPU", choices=("auto", *PROFILES), field=None),
+    P("epochs", int, None, "train", "passes over the data; None: the profile's. More sharpen the clusters up to "
+      "a plateau", low=1, optional=True),
+    P("batch_size", int, None, "train", "images per optimiser step; None: the profile's (paper: 64)", low=2,
+      optional=True),
+    P("lr", float, None, "train", "AdamW learning rate, cosine-annealed to zero; None: the profile's (paper: 0.005)",
+      low=0.0, open_low=True, optional=True),
+    P("weight_decay", float, 0.01, "train", "AdamW weight decay", low=0.0),
+    P("amp", bool, True, "train", "bfloat16 autocast for the network on CUDA (the loss stays float32); "
+      "ignored on the CPU"),
+    # the manifold stage
+    P("manifold", str, "umap", "manifold", "'umap' (paper), 'isomap' (ablation) or 'none' (cluster the codes)",
+      choices=("umap", "isomap", "none"), field="method"),
+    P("n_neighbors", int, 27, "manifold", "UMAP/Isomap neighbourhood; larger favours global structure (paper: 27)",
+      low=2),
+    P("min_dist", float, 0.0, "manifold", "how tightly UMAP packs points; 0 gives the dense clumps K-Means likes",
+      low=0.0, high=1.0),
+    P("n_components", int, None, "manifold", "output dimension; None: n_clusters (paper)", low=1, optional=True),
+    P("metric", str, "euclidean", "manifold", "distance in the manifold's input space",
+      choices=("euclidean", "cosine", "manhattan", "correlation")),
+    P("knn", str, "brute", "manifold", "cuML UMAP's kNN build: 'brute' (zero-copy) or 'nn-descent' "
+      "(copies to host memory)", choices=("brute", "nn-descent")),
+    # the clustering stage
+    P("cluster", str, "kmeans", "cluster", "'kmeans' (paper), 'dbscan' or 'gmm' (ablations)",
+      choices=("kmeans", "dbscan", "gmm"), field="method"),
+    P("n_init", int, 10, "cluster", "K-Means restarts (the best inertia is kept); GMM uses n_init // 5", low=1),
+    P("eps", float, 0.5, "cluster", "DBSCAN neighbourhood radius", low=0.0, open_low=True),
+    P("min_samples", int, 5, "cluster", "DBSCAN core-point neighbours", low=1),
+    # placement
+    P("device", str, "auto", "placement", "where the network runs: auto, cpu, cuda or cuda:N", field=None),
+    P("backend", str, "auto", "placement", "where UMAP and clustering run: 'rapids' (cuML), 'cpu' "
+      "(umap-learn, scikit-learn); 'auto': rapids on CUDA with cuML", choices=("auto", "cpu", "rapids"), field=None),
+    P("random_state", int, 0, "placement", "seeds the network, the data order, UMAP and the clustering "
+      "(the estimator also takes None or a RandomState)", low=0, optional=True, field=None, aliases=("seed",)),
+    # how a fit runs (estimator arguments, not settings of the result)
+    P("checkpoint", str, None, "run", "write a training checkpoint there after every epoch", optional=True,
+      field=None, config=False, cli=False),
+    P("resume", bool, False, "run", "continue training from the checkpoint", field=None, config=False, cli=False),
+    P("progress", bool, True, "run", "show a progress bar while training", field=None, config=False, cli=False),
+)
+# fmt: on
+del P
+
+BY_NAME: dict[str, Param] = {p.name: p for p in PARAMS}
+ALIASES: dict[str, str] = {a: p.name for p in PARAMS for a in p.aliases}
+ESTIMATOR_PARAMS: tuple[Param, ...] = tuple(p for p in PARAMS if p.estimator)
+CONFIG_PARAMS: tuple[Param, ...] = tuple(p for p in PARAMS if p.config)
+
+
+def stage_params(stage: str) -> tuple[Param, ...]:
+    """The settings that are fields of ``stage``'s dataclass."""
+    return tuple(p for p in PARAMS if p.stage == stage and p.field_name is not None)
+
+
+def stage_dataclass(cls_name: str, stage: str, doc: str, extra: tuple[tuple[str, type, Any], ...] = (),
+                    defaults: dict[str, Any] | None = None, module: str | None = None) -> type:
+    """A frozen dataclass whose fields are ``stage``'s settings (with their table defaults, or
+    ``defaults``) followed by ``extra`` (name, type, default) fields that are not settings."""
+    defaults = defaults or {}
+    fields = [(p.field_name, p.kind | None if p.optional else p.kind,
+               dataclasses.field(default=defaults.get(p.name, p.default))) for p in stage_params(stage)]
+    fields += [(n, t, dataclasses.field(default=d)) for n, t, d in extra]
+    lines = [f"    {p.field_name} : {p.help}" for p in stage_params(stage)]
+    cls = dataclasses.make_dataclass(cls_name, fields, frozen=True)
+    if module:
+        cls.__module__ = module  # where it is defined, for repr and pickling by reference
+    cls.__doc__ = doc + "\n\nFields (from :data:`mfvc_gpu.params.PARAMS`)::\n\n" + "\n".join(lines)
+    return cls
+
+
+def params_docstring(params: tuple[Param, ...] = ESTIMATOR_PARAMS) -> str:
+    """A numpydoc ``Parameters`` section for ``params``."""
+    out = ["Parameters", "----------"]
+    for p in params:
+        out.append(f"{p.name} : {p.valid()}, default={p.default!r}")
+        out.append(f"    {p.help}.")
+    return "\n".join(out)
+
+
+__all__ = ["Param", "PARAMS", "BY_NAME", "ALIASES", "ESTIMATOR_PARAMS", "CONFIG_PARAMS", "PROFILES", "STAGES",
+           "stage_params", "stage_dataclass", "params_docstring"]
