@@ -112,6 +112,10 @@ class MFVC(ClusterMixin, TransformerMixin, BaseEstimator):
         self._settle(device.type)
         self.backend_, self.device_, self.placement_note_ = placement.backend, placement.device, placement.note
         self._backend = backends.get_backend(placement.backend)
+        if placement.backend == "rapids" and self.manifold == "umap":
+            from .backends.rapids import umap_params
+
+            umap_params(self.manifold_config_, self._n_components(), self.seed_)  # refuse what cuML cannot do, before training
         return device
 
     def _train(self, data: np.ndarray, device: torch.device, timings: dict) -> None:

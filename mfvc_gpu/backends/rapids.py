@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 
 # --knn value -> cuML UMAP's build_algo
 KNN_BUILDS = {"brute": "brute_force_knn", "nn-descent": "nn_descent"}
+NN_DESCENT_METRICS = ("euclidean", "cosine")  # cuML's nn_descent on dense input
 
 MEASURED_BY = (
     "device_to_host_bytes_before_labels sums the sizes of the device-to-host transfers this backend makes "
@@ -54,6 +55,9 @@ def umap_params(cfg: ManifoldConfig, n_components: int, seed: int) -> dict:
     """
     if cfg.knn not in KNN_BUILDS:
         raise MFVCError(f"knn={cfg.knn!r} is not one of {', '.join(KNN_BUILDS)}")
+    if cfg.knn == "nn-descent" and cfg.metric not in NN_DESCENT_METRICS:
+        raise MFVCError(f"metric={cfg.metric!r} with knn='nn-descent': cuML's nn-descent supports only "
+                        f"{', '.join(NN_DESCENT_METRICS)}; use knn='brute' or one of those metrics")
     return dict(
         n_neighbors=int(cfg.n_neighbors),
         min_dist=float(cfg.min_dist),

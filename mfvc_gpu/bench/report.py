@@ -35,7 +35,7 @@ COLUMNS = [
 GROUP = ("stage", "dataset", "n_samples", "n_features", "backend", "device", "library", "variant", "baseline")
 QUALITY = ("acc", "nmi", "trustworthiness")
 PACKAGES = ("mfvc_gpu", "torch", "numpy", "scipy", "scikit-learn", "umap-learn", "pynndescent", "numba", "matplotlib",
-            "tqdm", "cupy-cuda12x", "cupy-cuda11x", "cupy", "cuml-cu12", "cuml", "cudf-cu12", "cudf")
+            "tqdm", "cupy-cuda13x", "cupy-cuda12x", "cupy", "cuml-cu13", "cuml-cu12", "cuml", "cudf-cu13", "cudf-cu12", "cudf")
 
 
 def write_atomic(path: Path, data: str | bytes) -> Path:

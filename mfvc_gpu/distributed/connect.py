@@ -32,7 +32,11 @@ def connect(cluster: str = "local", n_workers: int | None = None, *, timeout: fl
         )
     elif cluster == "local-cuda":
         LocalCUDACluster = require("dask_cuda", "--dask-cluster local-cuda", RAPIDS_HINT).LocalCUDACluster
-        lc = LocalCUDACluster(n_workers=n_workers, threads_per_worker=1)
+        try:
+            lc = LocalCUDACluster(n_workers=n_workers, threads_per_worker=1)
+        except Exception as exc:  # noqa: BLE001 - NVML and CUDA errors have no common base class
+            raise MFVCError(f"--dask-cluster local-cuda could not start ({type(exc).__name__}: {exc}); it needs NVIDIA "
+                            f"GPUs with a driver; use --dask-cluster local on CPUs, or {RAPIDS_HINT}") from exc
     else:
         if ":" not in cluster:
             raise MFVCError(f"cluster={cluster!r} is not 'local', 'local-cuda' or a scheduler address such as tcp://HOST:8786")

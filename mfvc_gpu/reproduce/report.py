@@ -12,7 +12,7 @@ from ..bench.report import cpu_model, memory_gib
 
 DASH = "—"
 NOT_YET = "not yet measured"
-VERSIONS = ("mfvc_gpu", "torch", "umap-learn", "scikit-learn", "numpy", "cuml-cu12", "cuml")
+VERSIONS = ("mfvc_gpu", "torch", "umap-learn", "scikit-learn", "numpy", "cupy-cuda13x", "cuml-cu13", "cuml-cu12", "cuml")
 
 
 def hardware_summary(device: str = "cpu") -> str:
