@@ -35,6 +35,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from ..errors import MFVCError
+from ..fileio import atomic_path, make_dirs, write_json
 
 log = logging.getLogger(__name__)
 
@@ -99,14 +100,14 @@ def train_ddp(args: argparse.Namespace) -> dict | None:
                                        "param_checksum": _checksum(net), "first_index": int(shard_indices(len(images), rank, world, args.seed)[0])})
         if rank != 0:
             return None
-        out = Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
-        torch.save(net.state_dict(), out / "weights.pt")
-        (out / "vae.json").write_text(json.dumps(asdict(net.cfg), indent=2))
-        (out / "history.json").write_text(json.dumps(history, indent=2))
+        out = make_dirs(args.out)
+        with atomic_path(out / "weights.pt") as tmp:
+            torch.save(net.state_dict(), tmp)
+        write_json(out / "vae.json", asdict(net.cfg))
+        write_json(out / "history.json", history)
         record = {"world_size": world, "backend": backend, "dataset": ds.name, "n_images": int(len(images)),
                   "train": asdict(cfg), "ranks": ranks}
-        (out / "ranks.json").write_text(json.dumps(record, indent=2))
+        write_json(out / "ranks.json", record)
         return record
     finally:
         dist.destroy_process_group()
