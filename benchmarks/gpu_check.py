@@ -111,9 +111,12 @@ def end_to_end(data_dir: str | None, epochs: int, with_cuml: bool) -> dict:
 
     os.environ.pop("MFVC_TRACE_COPIES", None)
     ds = load_images(data_dir)
+    # UMAP needs cuML (GPU) or umap-learn (mixed mode); with neither, K-Means clusters the codes directly
+    manifold = "umap" if with_cuml or _version("umap") else "none"
     est = MFVC(n_clusters=ds.n_classes, epochs=epochs, batch_size=256, device="cuda", backend="auto", progress=False,
-               random_state=0).fit(ds.images)
+               manifold=manifold, random_state=0).fit(ds.images)
     res = dict(dataset=ds.name, n=len(ds), epochs=epochs, backend=est.backend_, device=est.device_, note=est.placement_note_,
+               manifold=manifold if manifold == "umap" else "none (skipped UMAP: neither cuML nor umap-learn is installed)",
                acc=round(cluster_acc(ds.labels, est.labels_), 4), timings={k: round(v, 3) for k, v in est.timings_.items()},
                handoff=est.handoff_)
     if with_cuml and est.backend_ == "rapids":

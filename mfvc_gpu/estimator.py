@@ -112,10 +112,12 @@ class MFVC(ClusterMixin, TransformerMixin, BaseEstimator):
         self._settle(device.type)
         self.backend_, self.device_, self.placement_note_ = placement.backend, placement.device, placement.note
         self._backend = backends.get_backend(placement.backend)
-        if placement.backend == "rapids" and self.manifold == "umap":
-            from .backends.rapids import umap_params
+        if placement.backend == "rapids":
+            from .backends.rapids import share_gpu_memory, umap_params
 
-            umap_params(self.manifold_config_, self._n_components(), self.seed_)  # refuse what cuML cannot do, before training
+            if self.manifold == "umap":
+                umap_params(self.manifold_config_, self._n_components(), self.seed_)  # refuse what cuML cannot do, before training
+            share_gpu_memory(self.gpu_memory)
         return device
 
     def _train(self, data: np.ndarray, device: torch.device, timings: dict) -> None:
@@ -226,6 +228,10 @@ class MFVC(ClusterMixin, TransformerMixin, BaseEstimator):
         finite = b.all_finite(feats) if hasattr(b, "all_finite") else bool(np.isfinite(b.to_numpy(feats)).all())
         if not finite:
             raise MFVCError("the features contain NaN or infinite values; lower the learning rate or check the input")
+        if self.backend_ == "rapids" and self.device_.startswith("cuda"):
+            from .backends.rapids import release_torch_cache
+
+            release_torch_cache(self.gpu_memory, torch.device(self.device_))
         t0 = time.perf_counter()
         self.manifold_model_, emb = b.fit_manifold(feats, self.manifold_config_, self._n_components(), self.seed_)
         timings["manifold"] = time.perf_counter() - t0

@@ -188,6 +188,9 @@ PARAMS: tuple[Param, ...] = (
     P("device", str, "auto", "placement", "where the network runs: auto, cpu, cuda or cuda:N", field=None),
     P("backend", str, "auto", "placement", "where UMAP and clustering run: 'rapids' (cuML), 'cpu' "
       "(umap-learn, scikit-learn); 'auto': rapids on CUDA with cuML", choices=("auto", "cpu", "rapids"), field=None),
+    P("gpu_memory", str, "release", "placement", "how PyTorch and cuML share the GPU on the rapids backend: "
+      "'release' (PyTorch frees its cached blocks before UMAP), 'rmm' (PyTorch allocates from RMM, cuML's pool), "
+      "'keep' (neither)", choices=("release", "rmm", "keep"), field=None),
     P("random_state", int, 0, "placement", "seeds the network, the data order, UMAP and the clustering "
       "(the estimator also takes None or a RandomState)", low=0, optional=True, field=None, aliases=("seed",)),
     # how a fit runs (estimator arguments, not settings of the result)

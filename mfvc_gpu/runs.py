@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import backends
 from .config import RunConfig
 from .data.loading import load_dataset
 from .errors import MFVCError
@@ -147,15 +148,16 @@ def run_table(cfg, out: Path, columns: str | None = None, overwrite: bool = Fals
     Returns the metrics dict (also written to ``metrics.json``). Needs ``cfg.n_clusters``: a
     table has no classes to count.
     """
-    from .tables import parse_columns, read_features, wants_gpu, write_results
+    from .tables import cudf_available, parse_columns, read_features, write_results
 
     out = Path(out)
     check_writable(out, overwrite)
     if not cfg.n_clusters:
         raise MFVCError(f"{Path(cfg.dataset).name} is a table with no classes to count clusters from; pass --n-clusters")
-    gpu = wants_gpu(cfg.device, cfg.backend)
+    placement = backends.resolve(cfg.device, cfg.backend)
+    gpu = placement.backend == "rapids" and cudf_available()
     t0 = time.perf_counter()
-    table = read_features(cfg.dataset, parse_columns(columns), gpu=gpu)
+    table = read_features(cfg.dataset, parse_columns(columns), gpu=gpu, device=placement.device)
     t_load = time.perf_counter() - t0
     cfg = replace(cfg, encoder="none")
     est = MFVC(**cfg.estimator_params(), progress=False)

@@ -121,7 +121,8 @@ def _check_frame(df, cols: list[str], path: Path) -> None:
         raise MFVCError(f"column(s) {', '.join(missing)} of {path.name} have missing values; fill or drop them first")
 
 
-def read_features(path: str | os.PathLike, columns: list[str] | None = None, gpu: bool = False) -> Table:
+def read_features(path: str | os.PathLike, columns: list[str] | None = None, gpu: bool = False,
+                  device: str = "cuda") -> Table:
     """Read the feature columns of a CSV or Parquet table as float32 rows.
 
     Parameters
@@ -129,6 +130,7 @@ def read_features(path: str | os.PathLike, columns: list[str] | None = None, gpu
     path : a ``.csv``, ``.parquet`` or ``.pq`` file.
     columns : the feature columns, in order; None takes every column (all must be numeric).
     gpu : read with cuDF into device memory (a CuPy array) instead of pandas (a NumPy array).
+    device : with ``gpu``, the GPU to read onto ("cuda" is the current one, "cuda:N" GPU N).
     """
     path = Path(path)
     cols = select_columns(path, columns)
@@ -136,10 +138,11 @@ def read_features(path: str | os.PathLike, columns: list[str] | None = None, gpu
         import cudf
         import cupy
 
-        # cuDF reads onto the current device
-        df = cudf.read_csv(str(path), usecols=cols) if _kind(path) == "csv" else cudf.read_parquet(str(path), columns=cols)
-        _check_frame(df, cols, path)
-        x = cupy.ascontiguousarray(df[cols].astype("float32").to_cupy())  # cuDF gives column-major
+        index = int(device.split(":")[1]) if ":" in device else cupy.cuda.runtime.getDevice()
+        with cupy.cuda.Device(index):  # cuDF reads onto CuPy's current device: make it the chosen one
+            df = cudf.read_csv(str(path), usecols=cols) if _kind(path) == "csv" else cudf.read_parquet(str(path), columns=cols)
+            _check_frame(df, cols, path)
+            x = cupy.ascontiguousarray(df[cols].astype("float32").to_cupy())  # cuDF gives column-major
         xp, engine = cupy, "cudf"
     else:
         pd = require("pandas", "reading tables", TABLES_HINT)

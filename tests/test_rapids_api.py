@@ -615,7 +615,8 @@ def test_cudf_readers_and_writer_take_the_keywords_tables_uses(rapids):
 def test_read_features_on_the_gpu_reaches_cudf_and_fails_at_the_device(rapids, no_device, monkeypatch, tmp_path,
                                                                        suffix, reader):
     """``tables.read_features(gpu=True)`` checks the columns on the host, then calls cuDF's reader
-    with keywords that are named parameters of it (recorded on the way in), which fails for want of
+    with keywords that are named parameters of it (recorded on the way in), inside the chosen
+    device's context (``cuda:1`` enters device 1), which fails for want of
     the NVIDIA driver (not a keyword error); a missing column is reported as an MFVCError before
     cuDF is touched. Not proven: the values cuDF would read."""
     pd = pytest.importorskip("pandas")
@@ -632,7 +633,21 @@ def test_read_features_on_the_gpu_reaches_cudf_and_fails_at_the_device(rapids, n
     fn = reader[len("cudf."):-1]
     named = _named_parameters(getattr(rapids.cudf, fn))
     calls = _record_kwargs(monkeypatch, rapids.cudf, fn)
-    exc = _fails(read_features, path, ["a", "c"], gpu=True)
+    entered = []
+
+    class ChosenDevice:  # stands in for cupy.cuda.Device, which needs a driver to enter
+        def __init__(self, index):
+            entered.append(index)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    monkeypatch.setattr(rapids.cupy.cuda, "Device", ChosenDevice)
+    exc = _fails(read_features, path, ["a", "c"], gpu=True, device="cuda:1")
+    assert entered == [1]  # cuDF reads onto the GPU the run was placed on, not GPU 0
     _assert_device_error(exc)
     _failed_at(exc, "read_features", reader)
     assert len(calls) == 1 and set(calls[0]) <= named, calls
@@ -886,6 +901,20 @@ def test_rmm_torch_allocator_is_importable_and_off_without_a_gpu(rapids, no_devi
     assert rmm_torch.rmm_torch_allocator is None and not torch.cuda.is_available()
     assert rmm_torch.CUDAPluggableAllocator is torch.cuda.memory.CUDAPluggableAllocator
     assert (Path(_logger.__file__).parent / "_torch_allocator.so").is_file()
+
+
+def test_gpu_memory_modes_reach_rmm_and_say_what_they_need(rapids, no_device):
+    """``gpu_memory='rmm'`` finds RMM's real allocator modules and, without a GPU (no allocator
+    built), refuses with one line instead of failing inside torch; 'release' and 'keep' need
+    nothing before training. Not proven: torch and cuML drawing from one pool on a GPU."""
+    from mfvc_gpu import MFVCError
+    from mfvc_gpu.backends import rapids as rapids_backend
+
+    rapids_backend.share_gpu_memory("keep")
+    rapids_backend.share_gpu_memory("release")
+    with pytest.raises(MFVCError, match="gpu_memory='rmm' needs a CUDA GPU"):
+        rapids_backend.share_gpu_memory("rmm")
+    assert rapids_backend._RMM_FOR_TORCH is False
 
 
 # ================================================================ version records

@@ -84,6 +84,40 @@ def import_cuml():
     return require("cuml", "backend 'rapids'", RAPIDS_HINT)
 
 
+_RMM_FOR_TORCH = False  # set once per process: PyTorch's allocator can be swapped only before its first allocation
+
+
+def share_gpu_memory(mode: str) -> None:
+    """Before the network touches the GPU. ``"rmm"``: PyTorch and CuPy allocate from RMM, the pool
+    cuML uses, so the stages draw from one pool instead of two caches that cannot see each other."""
+    global _RMM_FOR_TORCH
+    if mode != "rmm" or _RMM_FOR_TORCH:
+        return
+    import torch
+
+    rmm_torch = require("rmm.allocators.torch", "gpu_memory='rmm'", RAPIDS_HINT)
+    rmm_cupy = require("rmm.allocators.cupy", "gpu_memory='rmm'", RAPIDS_HINT)
+    if rmm_torch.rmm_torch_allocator is None:
+        raise MFVCError("gpu_memory='rmm' needs a CUDA GPU (RMM builds its PyTorch allocator only where torch sees one); "
+                        "use gpu_memory='release'")
+    try:
+        torch.cuda.memory.change_current_allocator(rmm_torch.rmm_torch_allocator)
+    except RuntimeError as exc:
+        raise MFVCError(f"gpu_memory='rmm': PyTorch has already allocated GPU memory in this process ({exc}); "
+                        "choose it before any CUDA work, or use gpu_memory='release'") from exc
+    interop.import_cupy().cuda.set_allocator(rmm_cupy.rmm_cupy_allocator)
+    _RMM_FOR_TORCH = True
+
+
+def release_torch_cache(mode: str, device) -> None:
+    """``"release"``: hand PyTorch's cached, unused GPU blocks back to the driver before cuML allocates."""
+    if mode == "release":
+        import torch
+
+        torch.cuda.synchronize(device)
+        torch.cuda.empty_cache()
+
+
 class OnHost:
     """A CPU model standing in for a stage cuML lacks (Isomap, Gaussian mixtures)."""
 

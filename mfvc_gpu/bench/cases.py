@@ -51,12 +51,15 @@ class Case:
 
 @dataclass(frozen=True)
 class GpuSupport:
-    """Which GPU rows can run: ``device`` for torch stages, ``rapids`` for the cuML stages."""
+    """Which GPU rows can run: ``device`` for torch stages, ``cupy`` for the DLPack handoff,
+    ``rapids`` for the cuML stages; each ``*_note`` says why a kind of row cannot run."""
 
     device: str | None
     rapids: bool
     torch_note: str = ""
     rapids_note: str = ""
+    cupy: bool = False
+    cupy_note: str = ""
 
 
 def probe_gpu(device: str = "auto") -> GpuSupport:
@@ -64,16 +67,21 @@ def probe_gpu(device: str = "auto") -> GpuSupport:
     "auto" uses a GPU when there is one; "cpu" runs no GPU rows; "cuda[:N]" requires one (an
     explicit request never falls back)."""
     from mfvc_gpu.backends import RAPIDS_HINT, rapids_problem, resolve
+    from mfvc_gpu.optional import import_problem
 
     if device == "cpu":
-        return GpuSupport(None, False, "not run (--device cpu)", "not run (--device cpu)")
+        why = "not run (--device cpu)"
+        return GpuSupport(None, False, why, why, cupy_note=why)
     placement = resolve(device, "auto")
     if not placement.on_gpu:
         why = "unavailable: torch sees no CUDA GPU"
-        return GpuSupport(None, False, why, why)
+        return GpuSupport(None, False, why, why, cupy_note=why)
+    cupy_problem = import_problem("cupy")
+    cupy_note = f"unavailable: {cupy_problem} ({RAPIDS_HINT})" if cupy_problem else ""
     if placement.backend == "rapids":
-        return GpuSupport(placement.device, True)
-    return GpuSupport(placement.device, False, "", f"unavailable: {rapids_problem()} ({RAPIDS_HINT})")
+        return GpuSupport(placement.device, True, cupy=True)
+    return GpuSupport(placement.device, False, "", f"unavailable: {rapids_problem()} ({RAPIDS_HINT})",
+                      cupy=cupy_problem is None, cupy_note=cupy_note)
 
 
 @dataclass

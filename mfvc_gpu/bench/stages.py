@@ -219,8 +219,8 @@ class Bench:
             t = torch.from_numpy(x)
             score = lambda out, _s, t=t: {"zero_copy": data_pointer(out) == t.data_ptr()}  # noqa: E731
             yield Case("handoff", "cpu", "cpu", "numpy", n, LATENT_DIM, run=lambda t=t: CPUBackend().handoff(t), score=score)
-            if not self.gpu.rapids:
-                yield self._unavailable("handoff", n, LATENT_DIM, self.gpu.rapids_note)
+            if not self.gpu.cupy:  # the handoff needs CuPy only, not cuML
+                yield self._unavailable("handoff", n, LATENT_DIM, self.gpu.cupy_note, library="cupy (DLPack)")
                 continue
             g = GpuData(x, self.gpu.device)
             yield Case("handoff", "gpu", self.gpu.device, "cupy (DLPack)", n, LATENT_DIM, prepare=g.prepare, cleanup=g.cleanup,
