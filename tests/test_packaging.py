@@ -9,6 +9,7 @@ from __future__ import annotations
 import fnmatch
 import json
 import re
+import shlex
 import shutil
 import subprocess
 import tomllib
@@ -27,9 +28,12 @@ GPU_DOCKERFILE = REPO / "docker" / "Dockerfile"
 CPU_DOCKERFILE = REPO / "docker" / "Dockerfile.cpu"
 DOCKERFILES = [GPU_DOCKERFILE, CPU_DOCKERFILE]
 
-RAPIDS_PACKAGES = ("cuml", "cudf", "cupy", "dask-cuda")
-# Packages released in lockstep with RAPIDS itself (cupy has its own numbering).
-RAPIDS_RELEASED = ("cuml", "cudf", "dask-cuda")
+RAPIDS_PACKAGES = ("cuml", "cudf", "cupy", "dask-cuda", "dask-cudf", "raft-dask")
+# Packages released in lockstep with RAPIDS itself (cupy has its own numbering). cuml.dask imports
+# dask-cudf and raft-dask besides cuML.
+RAPIDS_RELEASED = ("cuml", "cudf", "dask-cuda", "dask-cudf", "raft-dask")
+# The CUDA major of the whole GPU stack: the gpu extra's wheels, the image's torch, the conda env.
+CUDA_MAJOR = "13"
 # pip name -> the conda-forge names that provide it, where they differ.
 CONDA_NAMES = {
     "torch": {"pytorch", "pytorch-gpu"},
@@ -67,11 +71,52 @@ def pip_lines() -> list[str]:
 
 
 def rapids_version() -> str:
-    """The RAPIDS release series the environment pins, e.g. '26.08'."""
+    """The RAPIDS release series the environment pins, e.g. '26.10'."""
     specs = conda_specs()
-    versions = {re.fullmatch(rf"{re.escape(p)}\s*=+\s*(\d\d\.\d\d)(\.\*)?", specs[p]).group(1) for p in RAPIDS_RELEASED}
-    assert len(versions) == 1, f"cuml, cudf and dask-cuda must share one RAPIDS release, got {versions}"
+    versions = set()
+    for p in RAPIDS_RELEASED:
+        m = re.fullmatch(rf"{re.escape(p)}\s*=+\s*(\d\d\.\d\d)(\.\*)?", specs.get(p, ""))
+        assert m, f"environment.yml must pin {p} to a RAPIDS series (e.g. {p}=26.10), got {specs.get(p)!r}"
+        versions.add(m.group(1))
+    assert len(versions) == 1, f"{', '.join(RAPIDS_RELEASED)} must share one RAPIDS release, got {versions}"
     return versions.pop()
+
+
+def conda_version_spec(spec: str) -> SpecifierSet:
+    """A conda version constraint such as '>=13.0,<14' or '=13.0' as a PEP 440 specifier set
+    (conda's '=13.0' and bare '13.0' mean 13.0.*)."""
+    parts = []
+    for clause in spec.replace(" ", "").split(","):
+        if re.fullmatch(r"=?\d[\d.]*(\.\*)?", clause):
+            clause = "==" + clause.lstrip("=").removesuffix(".*") + ".*"
+        parts.append(clause)
+    return SpecifierSet(",".join(parts))
+
+
+def gpu_extra() -> dict[str, Requirement]:
+    """The gpu extra of pyproject.toml: canonical pip name -> requirement."""
+    reqs = [Requirement(r) for r in pyproject()["project"]["optional-dependencies"]["gpu"]]
+    return {canonicalize_name(r.name): r for r in reqs}
+
+
+def gpu_wheel(conda_name: str) -> str:
+    """The gpu extra's pip name for a RAPIDS conda package: cuml -> cuml-cu13, dask-cuda -> dask-cuda."""
+    extra = gpu_extra()
+    names = [n for n in (f"{conda_name}-cu{CUDA_MAJOR}", conda_name) if n in extra]
+    assert names, f"the gpu extra of pyproject.toml has no wheel for {conda_name}: {sorted(extra)}"
+    return names[0]
+
+
+def rapids_series(version: str) -> str:
+    """'26.8' or '26.08.1' -> '26.08' (RAPIDS wheels drop the leading zero of the month)."""
+    year, month = version.split(".")[:2]
+    return f"{int(year):02d}.{int(month):02d}"
+
+
+def lower_bound(req: Requirement) -> str:
+    bounds = [s.version for s in req.specifier if s.operator in (">=", "==", "~=")]
+    assert len(bounds) == 1, f"{req} must have one lower bound"
+    return bounds[0].removesuffix(".*")
 
 
 def python_version() -> str:
@@ -111,6 +156,42 @@ def base_images(path: Path) -> list[str]:
     return images
 
 
+def env_vars(path: Path) -> dict[str, str]:
+    """The variables a Dockerfile's ENV instructions set (KEY=VALUE form, quotes removed)."""
+    out = {}
+    for word, rest in instructions(path):
+        if word == "ENV":
+            for item in shlex.split(rest):
+                key, _, value = item.partition("=")
+                out[key] = value
+    return out
+
+
+def args(path: Path) -> dict[str, str]:
+    """The build ARGs a Dockerfile declares, with their defaults."""
+    out = {}
+    for word, rest in instructions(path):
+        if word == "ARG":
+            key, _, value = rest.partition("=")
+            out[key.strip()] = value.strip().strip('"')
+    return out
+
+
+def pip_install_steps(path: Path) -> list[str]:
+    return [rest for word, rest in instructions(path) if word == "RUN" and re.search(r"\bpip3? install\b", rest)]
+
+
+def pip_install_words(step: str) -> list[str]:
+    """The words of the one `pip install` command in a RUN step, up to the first `&&`."""
+    command = step[step.index("pip install"):]
+    words = []
+    for word in shlex.split(command)[2:]:
+        if word in {"&&", "||", ";", "|"}:
+            break
+        words.append(word)
+    return words
+
+
 def compose() -> dict:
     return yaml.safe_load(COMPOSE_FILE.read_text())
 
@@ -132,19 +213,45 @@ def test_environment_parses_with_channels_in_rapids_order():
     data = env()
     assert data["name"]
     channels = data["channels"]
-    assert {"rapidsai", "conda-forge", "nvidia"} <= set(channels)
+    assert {"rapidsai", "conda-forge"} <= set(channels)
     assert "defaults" not in channels, "anaconda defaults mixed with conda-forge breaks RAPIDS solves"
+    # CUDA's libraries come from conda-forge only: the nvidia channel publishes its own cuda-* builds,
+    # a second source of the same libraries (RAPIDS' install commands no longer name it).
+    assert "nvidia" not in channels, "the nvidia channel is a second source of CUDA packages"
     assert channels.index("rapidsai") < channels.index("conda-forge"), "rapidsai must take priority"
 
 
-def test_environment_names_rapids_from_one_release_on_cuda_12():
+def test_environment_names_rapids_from_one_release_on_cuda_13():
     specs = conda_specs()
     missing = [p for p in RAPIDS_PACKAGES if p not in specs]
     assert not missing, f"environment.yml lacks RAPIDS packages {missing}"
     assert re.fullmatch(r"\d\d\.\d\d", rapids_version())
-    # Every version bound on cuda-version must be a CUDA 12 one.
-    bounds = re.findall(r"\d+(?:\.\d+)*", specs["cuda-version"].removeprefix("cuda-version"))
-    assert bounds and all(b.split(".")[0] == "12" for b in bounds), specs["cuda-version"]
+    # cuda-version allows some CUDA 13.x and nothing of another major.
+    spec = specs.get("cuda-version", "").removeprefix("cuda-version").strip()
+    allowed = conda_version_spec(spec)
+    major = int(CUDA_MAJOR)
+    assert any(allowed.contains(f"{major}.{minor}") for minor in range(10)), f"cuda-version{spec} allows no CUDA {major}"
+    others = [v for v in (f"{major - 1}.9", f"{major + 1}.0", f"{major + 2}.0") if allowed.contains(v)]
+    assert not others, f"cuda-version{spec} also allows CUDA {others}: bound it to CUDA {major}"
+
+
+def test_environment_rapids_series_is_allowed_by_the_gpu_extra():
+    """environment.yml and pyproject's gpu extra describe the same RAPIDS: the environment's series
+    satisfies every RAPIDS wheel's specifier in the extra, whose lower bounds name one series."""
+    series = rapids_version()
+    extra = gpu_extra()
+    lowers = {}
+    for conda_name in RAPIDS_RELEASED:
+        req = extra[gpu_wheel(conda_name)]
+        assert req.specifier.contains(f"{series}.0"), f"environment.yml has RAPIDS {series}, outside the gpu extra's {req}"
+        lowers[req.name] = rapids_series(lower_bound(req))
+        assert lowers[req.name] <= series, f"{req} starts past environment.yml's RAPIDS {series}"
+    assert len(set(lowers.values())) == 1, f"the gpu extra's RAPIDS wheels start at different series: {lowers}"
+    # Only CUDA 13 wheels in the extra, and CuPy's lower bound agrees with the environment's.
+    assert not [n for n in extra if re.search(r"cu1[0-2]$|cuda1[0-2]x", n)], sorted(extra)
+    cupy = extra[f"cupy-cuda{CUDA_MAJOR}x"]
+    cupy_env = re.fullmatch(r"cupy\s*>=\s*(\d+)(?:\.\d+)*", conda_specs()["cupy"])
+    assert cupy_env and cupy_env.group(1) == lower_bound(cupy).split(".")[0], (conda_specs()["cupy"], str(cupy))
 
 
 def test_environment_pins_one_python_that_the_project_supports():
@@ -181,29 +288,94 @@ def test_environment_asks_for_a_cuda_build_of_pytorch():
     assert cuda_build, f"pytorch must be pinned to a CUDA build, got {specs.get('pytorch')!r}"
 
 
-def test_environment_installs_the_project_with_pip():
-    assert {"-e .", "."} & set(pip_lines()), f"the pip section must install the project, got {pip_lines()}"
+def test_environment_installs_only_the_project_with_pip():
+    """The pip section installs the project and nothing else: no torch wheel, no CuPy or RAPIDS
+    wheel, no nvidia-* library beside conda's CUDA libraries."""
+    lines = pip_lines()
+    assert {"-e .", "."} & set(lines), f"the pip section must install the project, got {lines}"
+    assert set(lines) <= {"-e .", "."}, f"only the project may come from pip, got {lines}"
 
 
 # --------------------------------------------------------------------------------------- Dockerfiles
-def test_gpu_dockerfile_builds_from_a_pinned_rapids_image_matching_the_environment():
+def test_gpu_dockerfile_builds_from_slim_python_matching_the_environment():
     images = base_images(GPU_DOCKERFILE)
     assert len(images) == 1, images
-    repo, _, tag = images[0].partition(":")
-    assert repo in {"rapidsai/base", "nvcr.io/nvidia/rapidsai/base"}, repo
-    m = re.fullmatch(r"(\d\d\.\d\d)-cuda(\d+)(?:\.\d+)?-py(3\.\d+)", tag)
-    assert m, f"tag {tag!r} must name the RAPIDS, CUDA and Python versions (no 'latest', no nightly)"
-    rapids, cuda_major, python = m.groups()
-    assert (rapids, cuda_major, python) == (rapids_version(), "12", python_version())
+    m = re.fullmatch(r"python:(3\.\d+)(?:\.\d+)?-slim-[a-z]+", images[0])
+    assert m, f"the GPU image must build from a pinned slim Python tag with a Debian release, got {images[0]!r}"
+    assert m.group(1) == python_version(), f"{images[0]} is not environment.yml's python={python_version()}"
+    # No conda anywhere in the image: its CUDA libraries would be a second stack beside the wheels'.
+    commands = " ".join(rest for _, rest in instructions(GPU_DOCKERFILE))
+    found = re.findall(r"\b(conda|mamba|micromamba)\b", commands)
+    assert not found, f"the GPU image must not use conda: {found}"
 
 
-def test_gpu_dockerfile_takes_torch_for_cuda_12_from_the_pytorch_index():
-    text = GPU_DOCKERFILE.read_text()
-    index = re.search(r"download\.pytorch\.org/whl/(cu(\d+))", text)
-    assert index and index.group(2).startswith("12"), "torch must come from a CUDA 12 PyTorch index"
-    version = re.search(r"TORCH_VERSION=(\S+)", text).group(1)
-    assert version.endswith(f"+{index.group(1)}"), f"torch {version} does not match index {index.group(1)}"
-    assert "--constraint" in text, "pip must be constrained to the packages RAPIDS was solved with"
+def test_gpu_dockerfile_installs_the_gpu_extra_in_one_pip_step():
+    steps = pip_install_steps(GPU_DOCKERFILE)
+    assert len(steps) == 1, f"the GPU image must install everything in ONE pip resolution, got {len(steps)}: {steps}"
+    words = pip_install_words(steps[0])
+    options = [w for w in words if w.startswith("-")]
+    assert not options, f"the one pip install takes no options (no --no-deps, no index, no constraint): {options}"
+    project = [w for w in words if w.startswith(("/", "."))]
+    assert len(project) == 1, f"one project path expected in the pip step, got {words}"
+    m = re.fullmatch(r"([^\[]+)\[([^\]]*)\]", project[0])
+    assert m, f"the project must be installed with its extras, got {project[0]}"
+    project_extras = set(m.group(2).split(","))
+    assert {"gpu", "test"} <= project_extras, f"the project must be installed with [gpu,test], got {project[0]}"
+    # The project is the build context copied into the image.
+    copies = [rest.split() for word, rest in instructions(GPU_DOCKERFILE) if word == "COPY"]
+    assert any(c[-2:] == [".", m.group(1)] for c in copies), (copies, project[0])
+    # Besides the project: torch, pinned by a build ARG, and pins on packages of the gpu extra.
+    extra = gpu_extra()
+    defaults = args(GPU_DOCKERFILE)
+    pins = [Requirement(re.sub(r"\$\{(\w+)\}", lambda m: defaults[m.group(1)], w)) for w in words if w not in project]
+    assert [p for p in pins if canonicalize_name(p.name) == "torch"], f"torch must be pinned in the pip step: {words}"
+    stray = [str(p) for p in pins if canonicalize_name(p.name) not in {"torch", *extra}]
+    assert not stray, f"the pip step installs packages outside the gpu extra: {stray}"
+
+
+def test_gpu_dockerfile_pins_torch_from_the_default_index():
+    words = pip_install_words(pip_install_steps(GPU_DOCKERFILE)[0])
+    assert "torch==${TORCH_VERSION}" in words, words
+    version = args(GPU_DOCKERFILE).get("TORCH_VERSION", "")
+    # A plain release: a local tag (+cu126, +cpu) names a wheel the registry's default index lacks.
+    assert re.fullmatch(r"\d+\.\d+\.\d+", version), f"TORCH_VERSION must pin one torch release, got {version!r}"
+    code = "\n".join(rest for _, rest in instructions(GPU_DOCKERFILE))
+    for other_index in ("download.pytorch.org", "--index-url", "--extra-index-url", "PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL"):
+        assert other_index not in code, f"torch must come from the registry's default index, found {other_index}"
+    # The torch that CI's rapids_api tier resolves the gpu extra with (.ci/run), where that script exists.
+    ci = REPO / ".ci" / "run"
+    if ci.exists():
+        ci_torch = set(re.findall(r"\btorch==([0-9][^\s\"']*)", ci.read_text()))
+        assert version in ci_torch, f"the image pins torch {version}; CI resolves the gpu extra with {ci_torch}"
+
+
+def test_gpu_dockerfile_holds_the_gpu_extra_to_the_environment_rapids_series():
+    words = pip_install_words(pip_install_steps(GPU_DOCKERFILE)[0])
+    series = args(GPU_DOCKERFILE).get("RAPIDS_VERSION")
+    assert series == rapids_version(), f"RAPIDS_VERSION={series} but environment.yml has RAPIDS {rapids_version()}"
+    for conda_name in RAPIDS_RELEASED:
+        wheel = gpu_wheel(conda_name)
+        assert f"{wheel}==${{RAPIDS_VERSION}}.*" in words, f"{wheel} is not held to RAPIDS_VERSION: {words}"
+        assert gpu_extra()[wheel].specifier.contains(f"{series}.0"), f"RAPIDS_VERSION={series} is outside {gpu_extra()[wheel]}"
+
+
+def test_gpu_dockerfile_asks_the_nvidia_runtime_for_the_driver():
+    variables = env_vars(GPU_DOCKERFILE)
+    assert variables.get("NVIDIA_VISIBLE_DEVICES") == "all", variables.get("NVIDIA_VISIBLE_DEVICES")
+    capabilities = set(variables.get("NVIDIA_DRIVER_CAPABILITIES", "").split(","))
+    assert {"compute", "utility"} <= capabilities or "all" in capabilities, capabilities
+    require = variables.get("NVIDIA_REQUIRE_CUDA")
+    if require is not None:
+        assert re.fullmatch(rf"cuda>={CUDA_MAJOR}\.\d+", require), require
+
+
+def test_gpu_dockerfile_checks_the_one_cuda_stack_when_it_builds():
+    """The pip step goes on to check what it installed: torch is the CUDA 13 build, no wheel of
+    another CUDA major sits beside the stack, and the libraries import together in one process."""
+    step = pip_install_steps(GPU_DOCKERFILE)[0]
+    assert f"torch.version.cuda.startswith('{CUDA_MAJOR}.')" in step, "the build must check torch's CUDA major"
+    assert "pip list" in step and "cu1[0-2]" in step, "the build must refuse CUDA 12/11 wheels beside the stack"
+    assert "import torch, cupy, cuml, cudf, dask_cuda, cuml.dask" in step, "the build must import the stack together"
 
 
 def test_cpu_dockerfile_is_slim_python_with_the_cpu_torch_wheel():
@@ -299,6 +471,24 @@ def test_compose_mounts_data_and_runs(name):
         workdir = svc["working_dir"].rstrip("/")
         kept = runs[0] == f"{workdir}/runs" or f"{workdir}/".startswith(f"{runs[0]}/")
         assert kept, f"{name} writes to {workdir}, outside its runs mount {runs[0]}"
+
+
+@pytest.mark.parametrize("name", [*GPU_SERVICES, "cpu"])
+def test_compose_services_match_the_image_layout(name):
+    """The paths and the uid a service uses are the ones its image has: the working directory lies
+    in the image's work folder (or is the copied source, for "test") and the default user is the
+    image's USER."""
+    svc = compose()["services"][name]
+    dockerfile = REPO / svc["build"]["dockerfile"]
+    steps = instructions(dockerfile)
+    workdir = [rest for word, rest in steps if word == "WORKDIR"][-1].rstrip("/")
+    source = [rest.split()[-1] for word, rest in steps if word == "COPY" and rest.split()[-2] == "."][-1].rstrip("/")
+    wd = svc["working_dir"].rstrip("/")
+    assert wd == source if name == "test" else (wd == workdir or wd.startswith(f"{workdir}/")), \
+        f"{name} works in {wd}; the image has WORKDIR {workdir} and the source in {source}"
+    user = [rest for word, rest in steps if word == "USER"][-1].split(":")[0]
+    default = re.fullmatch(r"\$\{MFVC_USER:-(\d+)(?::\d+)?\}", str(svc["user"]))
+    assert default and default.group(1) == user, f"{name} runs as {svc['user']}, the image as USER {user}"
 
 
 def test_compose_test_service_runs_the_gpu_tests_and_the_suite():

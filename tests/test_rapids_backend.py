@@ -273,7 +273,10 @@ def test_cuml_matches_the_cpu_backend_on_the_same_latent(mnist_test_latent):
     gpu = MFVC(n_clusters=10, device="cuda", backend="rapids").fit_features(z)
     cpu = MFVC(n_clusters=10, device="cpu", backend="cpu").fit_features(z.cpu().numpy())
     acc_gpu, acc_cpu = cluster_acc(y, gpu.labels_), cluster_acc(y, cpu.labels_)
-    assert abs(acc_gpu - acc_cpu) <= 0.01, (acc_gpu, acc_cpu)
+    # cuML's UMAP is not umap-learn's (its documentation says the embeddings differ), so the two
+    # need not agree to the digit: both must clear a floor, and stay within a loose gap
+    assert acc_gpu > 0.8 and acc_cpu > 0.8, (acc_gpu, acc_cpu)
+    assert abs(acc_gpu - acc_cpu) <= 0.05, (acc_gpu, acc_cpu)
     h = gpu.handoff_
     assert h["same_pointer"] and h["torch_ptr"] == z.data_ptr() and h["knn_build"] == "brute_force_knn"
     assert h["device_to_host_bytes_before_labels"] == 1  # only the finite check's answer left the device
@@ -284,9 +287,12 @@ def test_cuml_matches_the_cpu_backend_on_the_same_latent(mnist_test_latent):
 def test_cuml_dbscan_and_kmeans_predict(mnist_test_latent):
     z, _ = mnist_test_latent
     est = MFVC(n_clusters=10, device="cuda", backend="rapids").fit_features(z[:2000])
-    again = est.predict(z[:2000].cpu().numpy())  # UMAP transform + K-Means predict on the GPU
-    assert again.shape == (2000,) and np.mean(again == est.labels_) > 0.9
+    np.testing.assert_array_equal(est.predict(z[:2000]), est.labels_)  # a CUDA tensor in: the training rows' labels
+    import cupy
+
+    new = est.predict(cupy.asarray(z[2000:3000]))  # a CuPy array in: UMAP transform + K-Means predict on the GPU
+    assert new.shape == (1000,) and set(new) <= set(range(10))
     db = MFVC(n_clusters=10, cluster="dbscan", eps=0.5, device="cuda", backend="rapids").fit_features(z[:2000])
-    assert db.labels_.shape == (2000,) and db.labels_.min() >= -1
+    assert db.labels_.shape == (2000,) and len(set(db.labels_) - {-1}) >= 2
     with pytest.raises(MFVCError, match="cannot label new points"):
         db.predict(z[:10].cpu().numpy())
