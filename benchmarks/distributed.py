@@ -116,7 +116,7 @@ def main(argv=None) -> int:
     if args.repeats < 3:
         raise SystemExit("--repeats must be at least 3 (medians)")
     from mfvc_gpu import load_dataset
-    from mfvc_gpu.data import to_unit_images
+    from mfvc_gpu.data import to_images
     from mfvc_gpu.distributed.ddp import load_weights
     from mfvc_gpu.models import BetaVAE, VAEConfig
 
@@ -127,7 +127,7 @@ def main(argv=None) -> int:
     else:
         torch.manual_seed(0)
         model = BetaVAE(VAEConfig(latent_dim=32)).eval()
-    ref = single_process(model, to_unit_images(x, 32), y)
+    ref = single_process(model, to_images(x, 32), y)
     log.info("single process: %s", ref)
     rows, records = [], {}
     for w in sorted({int(v) for v in args.workers.split(",")}):

@@ -22,7 +22,7 @@ from sklearn.utils.validation import check_is_fitted
 from . import backends
 from .backends import interop
 from .config import ClusterConfig, ManifoldConfig, profile_for
-from .data.loading import to_unit_images
+from .data.loading import to_images, unit_float
 from .errors import MFVCError
 from .models import BetaVAE, VAEConfig
 from .params import BY_NAME, ESTIMATOR_PARAMS, PROFILES, params_docstring, stage_params
@@ -141,7 +141,7 @@ class MFVC(ClusterMixin, TransformerMixin, BaseEstimator):
 
     # ------------------------------------------------------------------ input
     def _prepare(self, X, fitting: bool, name: str = "X"):
-        """Images as (N, 1, 32, 32) float32 in [0, 1] for the network. Feature vectors (N, D) go
+        """Images as (N, 1, 32, 32) uint8 (255 = white; converted per batch) for the network. Feature vectors (N, D) go
         through scikit-learn's ``validate_data`` (which records ``n_features_in_`` when fitting
         and checks it afterwards); they are taken with ``encoder='none'``, or after ``fit_features``."""
         if isinstance(X, torch.Tensor):
@@ -154,7 +154,7 @@ class MFVC(ClusterMixin, TransformerMixin, BaseEstimator):
         if X.ndim in (3, 4) and X.dtype != object:
             if fitting and hasattr(self, "n_features_in_"):
                 del self.n_features_in_  # images: scikit-learn's feature count has no meaning here
-            return to_unit_images(X, 32, name)
+            return to_images(X, 32, name, self.pixel_max)
         if not features_ok:
             raise MFVCError(f"{name} has shape {X.shape}: the network clusters images (N, H, W) or (N, C, H, W); "
                             "for feature vectors use encoder='none' or fit_features")
@@ -215,7 +215,7 @@ class MFVC(ClusterMixin, TransformerMixin, BaseEstimator):
         if self.model_ is not None:
             z = encode(self.model_, data, device)
         else:
-            z = torch.from_numpy(np.ascontiguousarray(data.reshape(len(data), -1))).to(device)
+            z = unit_float(torch.from_numpy(np.ascontiguousarray(data.reshape(len(data), -1))).to(device))
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         return z, time.perf_counter() - t0
@@ -252,7 +252,8 @@ class MFVC(ClusterMixin, TransformerMixin, BaseEstimator):
         check_is_fitted(self, "labels_")
         data = self._prepare(X, fitting=False)
         if self.model_ is None:
-            return data.reshape(len(data), -1)
+            flat = data.reshape(len(data), -1)
+            return flat.astype(np.float32) / 255.0 if flat.dtype == np.uint8 else flat
         z, _ = self._features(data, torch.device(self.device_))
         return np.asarray(self._backend.to_numpy(self._backend.handoff(z)), dtype=np.float32)
 

@@ -139,6 +139,10 @@ PARAMS: tuple[Param, ...] = (
     P("split", str, None, "data", "which split; None: the set's own ('all' is the paper's protocol)",
       choices=("train", "test", "all"), optional=True, estimator=False),
     P("data_dir", str, None, "data", "folder searched first for the data set's files", optional=True, estimator=False),
+    P("bad_images", str, "error", "data", "an image file in a folder that cannot be read: 'error' names it and stops, "
+      "'skip' leaves it out and says how many were left out", choices=("error", "skip"), estimator=False),
+    P("pixel_max", float, None, "data", "the value of a white pixel; None: 255 for 8-bit images, 65535 for 16-bit, "
+      "1.0 for floats (float pixels outside [0, 1] are then refused)", low=0.0, open_low=True, optional=True, field=None),
     # the clustering target
     P("n_clusters", int, 10, "cluster", "number of clusters, and UMAP's output dimension unless n_components is set; "
       "a run without it takes the data set's number of classes", low=1, optional=True, field=None, run_default=None),
@@ -166,6 +170,8 @@ PARAMS: tuple[Param, ...] = (
     P("weight_decay", float, 0.01, "train", "AdamW weight decay", low=0.0),
     P("amp", bool, True, "train", "bfloat16 autocast for the network on CUDA (the loss stays float32); "
       "ignored on the CPU"),
+    P("compile", str, "auto", "train", "torch.compile the training step ('on' with CUDA graphs on a GPU); "
+      "'auto': on where it measured faster (docs/BENCHMARKS.md)", choices=("auto", "on", "off")),
     # the manifold stage
     P("manifold", str, "umap", "manifold", "'umap' (paper), 'isomap' (ablation) or 'none' (cluster the codes)",
       choices=("umap", "isomap", "none"), field="method"),

@@ -1,4 +1,16 @@
-"""The one training loop: AdamW + cosine annealing, AMP on CUDA, progress bar, checkpoint/resume."""
+"""The one training loop: AdamW + cosine annealing, AMP on CUDA, progress bar, checkpoint/resume.
+
+What keeps it fast on both devices:
+
+* the images stay uint8 on the training device and each batch is converted to float32 there;
+* the data order is drawn on that device, and the loss terms are summed on the device and read
+  once per epoch (no host sync per step); finiteness is tracked the same way and checked at
+  the end of the epoch, naming the first step that went wrong;
+* every step has the same batch shape: the last partial batch of an epoch is dropped (its
+  images are in other batches in other epochs, since the order is reshuffled each epoch);
+* AdamW's fused kernel where the device has one, ``foreach`` otherwise;
+* ``compile`` (torch.compile of the network's forward and backward; CUDA graphs on a GPU).
+"""
 
 from __future__ import annotations
 
@@ -10,9 +22,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .data.loading import unit_float
+from .errors import MFVCError
+from .fileio import atomic_path
 from .models import BetaVAE, vae_loss
 from .params import PROFILES, stage_dataclass
-from .fileio import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -23,26 +37,93 @@ TrainConfig = stage_dataclass(
     defaults=PROFILES["paper"], module=__name__,
 )
 
+# compile="auto": where torch.compile of the training step measured faster than eager
+# (docs/BENCHMARKS.md, "Training step"). Not yet measured on a GPU: off there until it is.
+COMPILE_FASTER = {"cpu": False, "cuda": False}
+# channels_last: where it measured faster for this network (same table).
+CHANNELS_LAST = {"cpu": True, "cuda": True}
 
-def _atomic_save(obj: dict, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+
+def use_compile(setting: str, device: torch.device) -> bool:
+    if setting == "auto":
+        return COMPILE_FASTER.get(device.type, False)
+    return setting == "on"
+
+
+def memory_format(device: torch.device) -> torch.memory_format:
+    return torch.channels_last if CHANNELS_LAST.get(device.type, False) else torch.contiguous_format
+
+
+def make_optimizer(model: torch.nn.Module, cfg, device: torch.device) -> torch.optim.Optimizer:
+    """AdamW, fused on the device where PyTorch has the fused kernel, else the ``foreach`` one."""
+    try:
+        return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
+    except (RuntimeError, ValueError):
+        return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
+
+
+def _step_fn(model, beta: float, use_amp: bool, device: torch.device, compiled: bool):
+    """The forward pass and the loss of one batch; compiled (forward and backward graphs) when asked."""
+    def forward_loss(x):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+            recon, mu, logvar = model(x)
+        return vae_loss(x, recon.float(), mu.float(), logvar.float(), beta)  # the loss in float32, outside autocast
+
+    if not compiled:
+        return forward_loss
+    import torch._inductor.config as inductor
+
+    inductor.fallback_random = True  # the sampling noise is eager's: the same seed gives the same losses
+    mode = "reduce-overhead" if device.type == "cuda" else None  # CUDA graphs: one launch per step
+    return torch.compile(forward_loss, mode=mode, dynamic=False)
+
+
+def _checkpoint_settings(cfg, model: BetaVAE, n: int, seed: int) -> dict:
+    return dict(train=asdict(cfg), network=asdict(model.cfg), n_images=int(n), seed=int(seed))
+
+
+def _load_checkpoint(path: Path, device: torch.device, expected: dict) -> dict:
+    """The checkpoint at ``path`` if it was written by a run with the ``expected`` settings; else MFVCError."""
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - truncated, corrupt or foreign: refused whole, never half-loaded
+        raise MFVCError(f"the checkpoint {path} cannot be read ({type(exc).__name__}); it is damaged: delete it, "
+                        "or run again without --resume") from exc
+    written = state.get("settings") if isinstance(state, dict) else None
+    if written != expected:
+        diff = _differences(written or {}, expected)
+        raise MFVCError(f"the checkpoint {path} was written with other settings ({diff}); run without --resume, "
+                        "or resume with the settings it was written with")
+    return state
+
+
+def _differences(old: dict, new: dict, prefix: str = "") -> str:
+    out = []
+    for k in sorted(set(old) | set(new)):
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            inner = _differences(a, b, f"{prefix}{k}.")
+            out += [inner] if inner else []
+        elif a != b:
+            out.append(f"{prefix}{k} {a!r} there, {b!r} now")
+    return ", ".join(out)
 
 
 def train_vae(
     model: BetaVAE,
     images: np.ndarray,
-    cfg: TrainConfig,
+    cfg,
     device: torch.device,
     seed: int = 0,
     checkpoint: Path | None = None,
     resume: bool = False,
     progress: bool = True,
 ) -> list[dict]:
-    """Train ``model`` on ``images`` (N, 1, S, S) float32 in [0, 1]; return one record per epoch.
+    """Train ``model`` on ``images`` (N, 1, S, S): uint8 (255 = white) or float32 in [0, 1].
 
-    With ``checkpoint`` set, the model, optimiser, scheduler and random state are written there
-    after every epoch (atomically); ``resume`` continues from it.
+    Returns one record per epoch. With ``checkpoint`` set, the model, optimiser, scheduler, random
+    state and settings are written there after every epoch (atomically); ``resume`` continues from
+    it, refusing a checkpoint written with other settings or one that cannot be read.
     """
     devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):  # the sampling noise is seeded; the caller's streams stay as they were
@@ -53,83 +134,94 @@ def train_vae(
 def _train(model, images, cfg, device, seed, checkpoint, resume, progress) -> list[dict]:
     from tqdm.auto import tqdm
 
-    gen = torch.Generator().manual_seed(seed)  # the data order
-    model.to(device, memory_format=torch.channels_last).train()  # faster convolutions on CPU and GPU
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps_per_epoch = max(1, -(-len(images) // cfg.batch_size))
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs * steps_per_epoch)
+    n = len(images)
+    batch = min(cfg.batch_size, n)
+    if batch < 2:
+        raise MFVCError(f"{n} image(s): training needs at least 2 (BatchNorm)")
+    steps = n // batch  # the last partial batch is dropped: every step has the same shape
+    fmt = memory_format(device)
+    model.to(device, memory_format=fmt).train()
+    opt = make_optimizer(model, cfg, device)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs * steps)
+    gen = torch.Generator(device=device).manual_seed(seed)  # the data order, drawn where the data is
+    settings = _checkpoint_settings(cfg, model, n, seed)
     history: list[dict] = []
     start = 0
     if resume and checkpoint is not None and checkpoint.exists():
-        state = torch.load(checkpoint, map_location=device, weights_only=True)
+        state = _load_checkpoint(checkpoint, device, settings)
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
-        gen.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])
+        gen.set_state(state["generator"].cpu())
+        torch.set_rng_state(state["torch_rng"].cpu())
+        if device.type == "cuda" and "cuda_rng" in state:
+            torch.cuda.set_rng_state(state["cuda_rng"].cpu(), device)
         start = int(state["epoch"])
         history = [dict(zip(state["history_keys"], map(float, row))) for row in state["history"].tolist()]
         log.info("resumed from %s at epoch %d", checkpoint, start)
-    data = torch.from_numpy(images)
-    if device.type == "cuda":
-        data = data.to(device, non_blocking=True)
+    data = torch.from_numpy(np.ascontiguousarray(images)).to(device)  # uint8 stays uint8: 1 byte a pixel
     use_amp = cfg.amp and device.type == "cuda"
-    beta = model.cfg.beta
+    compiled = use_compile(cfg.compile, device)
+    step = _step_fn(model, model.cfg.beta, use_amp, device, compiled)
     bar = tqdm(range(start, cfg.epochs), desc="train β-VAE", unit="epoch", disable=not progress, initial=start, total=cfg.epochs)
     for epoch in bar:
         t0 = time.perf_counter()
-        order = torch.randperm(len(data), generator=gen)
-        totals = torch.zeros(3, dtype=torch.float64)
-        for i in range(0, len(data), cfg.batch_size):
-            idx = order[i : i + cfg.batch_size]
-            if len(idx) < 2:  # BatchNorm needs two samples
-                continue
-            x = data[idx.to(data.device)].to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-                recon, mu, logvar = model(x)
-            loss, rec, kl = vae_loss(x, recon.float(), mu.float(), logvar.float(), beta)  # the loss in float32, outside autocast
-            if not torch.isfinite(loss):
-                raise FloatingPointError(f"the loss became {loss.item()} at epoch {epoch + 1}; lower the learning rate")
+        order = torch.randperm(n, generator=gen, device=device)
+        totals = torch.zeros(3, dtype=torch.float64, device=device)
+        first_bad = torch.full((), -1, dtype=torch.int64, device=device)
+        for s in range(steps):
+            x = unit_float(data[order[s * batch : (s + 1) * batch]]).contiguous(memory_format=fmt)
+            loss, rec, kl = step(x)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             sched.step()
-            totals += torch.tensor([loss.item(), rec.item(), kl.item()], dtype=torch.float64) * len(idx)
+            terms = torch.stack([loss.detach(), rec.detach(), kl.detach()]).double()
+            totals += terms * batch
+            first_bad = torch.where((first_bad < 0) & ~torch.isfinite(terms).all(), s, first_bad)
+        bad = int(first_bad)  # the one host sync of the epoch, with the totals below
+        if bad >= 0:
+            raise MFVCError(f"the loss stopped being a finite number at epoch {epoch + 1}, step {bad + 1}: training "
+                            "diverged; lower the learning rate (--lr) or check the input images")
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         seconds = time.perf_counter() - t0
-        loss, rec, kl = (totals / len(data)).tolist()
-        record = dict(epoch=epoch + 1, loss=loss, recon=rec, kl=kl, seconds=seconds, images_per_s=len(data) / seconds)
+        loss_v, rec_v, kl_v = (totals / (steps * batch)).tolist()
+        record = dict(epoch=epoch + 1, loss=loss_v, recon=rec_v, kl=kl_v, seconds=seconds, images_per_s=steps * batch / seconds)
         history.append(record)
-        bar.set_postfix(loss=f"{loss:.2f}", rec=f"{rec:.2f}", kl=f"{kl:.1f}")
+        bar.set_postfix(loss=f"{loss_v:.2f}", rec=f"{rec_v:.2f}", kl=f"{kl_v:.1f}")
         if checkpoint is not None:
-            keys = list(record)
-            _atomic_save(
-                dict(
-                    model=model.state_dict(),
-                    optimizer=opt.state_dict(),
-                    scheduler=sched.state_dict(),
-                    generator=gen.get_state(),
-                    torch_rng=torch.get_rng_state(),
-                    epoch=epoch + 1,
-                    history_keys=keys,
-                    history=torch.tensor([[h[k] for k in keys] for h in history], dtype=torch.float64),
-                    train_config=asdict(cfg),
-                ),
-                checkpoint,
-            )
+            _save_checkpoint(checkpoint, model, opt, sched, gen, device, epoch + 1, history, settings)
     model.eval()
     return history
 
 
+def _save_checkpoint(path: Path, model, opt, sched, gen, device, epoch: int, history: list[dict], settings: dict) -> None:
+    keys = list(history[-1])
+    state = dict(
+        model=model.state_dict(), optimizer=opt.state_dict(), scheduler=sched.state_dict(),
+        generator=gen.get_state(), torch_rng=torch.get_rng_state(), epoch=epoch, settings=settings,
+        history_keys=keys, history=torch.tensor([[h[k] for k in keys] for h in history], dtype=torch.float64),
+    )
+    if device.type == "cuda":
+        state["cuda_rng"] = torch.cuda.get_rng_state(device)
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
 @torch.no_grad()
 def encode(model: BetaVAE, images: np.ndarray | torch.Tensor, device: torch.device, batch_size: int = 1024) -> torch.Tensor:
-    """Posterior means μ of ``images`` as one float32 tensor on ``device`` (it stays there)."""
-    model.to(device, memory_format=torch.channels_last).eval()  # as in training: the same kernels, the same codes
+    """Posterior means μ of ``images`` (uint8 or float) as one float32 tensor on ``device`` (it stays there).
+
+    Streams: one batch at a time goes to the device and is converted there, so memory stays near
+    the input's own size plus a batch, whatever the number of images.
+    """
+    fmt = memory_format(device)
+    model.to(device, memory_format=fmt).eval()  # as in training: the same kernels, the same codes
     data = images if isinstance(images, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(images))
     out = torch.empty((len(data), model.cfg.latent_dim), dtype=torch.float32, device=device)
     for i in range(0, len(data), batch_size):
-        x = data[i : i + batch_size].to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
+        x = unit_float(data[i : i + batch_size].to(device, non_blocking=True)).contiguous(memory_format=fmt)
         mu, _ = model.encoder(x)
         out[i : i + batch_size] = mu.float()
     return out

@@ -14,7 +14,7 @@ from mfvc_gpu.runs import partial_dir
 @pytest.fixture
 def small_npz(tmp_path, digits):
     path = tmp_path / "small.npz"
-    np.savez(path, images=(digits.images[:300, 0] * 255).astype(np.uint8), labels=digits.labels[:300])
+    np.savez(path, images=digits.images[:300, 0], labels=digits.labels[:300])  # uint8
     return path
 
 

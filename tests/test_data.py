@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mfvc_gpu.data import fetch, load_dataset, search_dirs, to_unit_images, verify_dataset
+from mfvc_gpu.data import fetch, load_dataset, search_dirs, to_images, verify_dataset
 from mfvc_gpu.data.readers import parse_idx, read_idx_pair
 from mfvc_gpu.data.registry import REGISTRY
 from mfvc_gpu.errors import MFVCError
@@ -57,12 +57,12 @@ def test_idx_pair_checks_counts_and_transposes(tmp_path):
 
 def test_mnist_test_split(mnist_dir):
     ds = load_dataset("mnist-test", data_dir=mnist_dir)
-    assert ds.images.shape == (10000, 1, 32, 32) and ds.images.dtype == np.float32
-    assert 0.0 <= ds.images.min() and ds.images.max() <= 1.0
+    assert ds.images.shape == (10000, 1, 32, 32) and ds.images.dtype == np.uint8  # 1 byte a pixel
+    assert (ds.images.min(), ds.images.max()) == (0, 255)
     assert ds.labels[:10].tolist() == [7, 2, 1, 0, 4, 1, 4, 9, 5, 9]
     assert np.bincount(ds.labels).tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
     # resizing keeps the mean intensity close to MNIST's well-known 0.1325 (test split)
-    assert abs(ds.images.mean() - 0.1325) < 0.01
+    assert abs(ds.images.mean() / 255 - 0.1325) < 0.01
 
 
 def test_mnist_all_is_70k_and_train_split(mnist_dir):
@@ -146,21 +146,32 @@ def test_image_folder_with_classes(tmp_path):
             Image.fromarray(np.full((10, 10, 3), value, dtype=np.uint8)).save(tmp_path / cls / f"{i}.png")
     ds = load_dataset(str(tmp_path))
     assert ds.labels.tolist() == [0, 0, 0, 1, 1, 1] and ds.n_classes == 2
-    np.testing.assert_allclose(ds.images[3].mean(), 220 / 255, atol=1e-3)
+    assert ds.images.dtype == np.uint8 and (ds.images[3] == 220).all()
     (tmp_path / "empty").mkdir()
     with pytest.raises(MFVCError, match="holds no images"):
         load_dataset(str(tmp_path / "empty"))
 
 
-def test_to_unit_images_scaling_and_checks():
+def test_pixel_scaling_is_explicit():
     u8 = np.full((2, 8, 8), 255, dtype=np.uint8)
-    assert to_unit_images(u8).max() == pytest.approx(1.0)
-    with pytest.raises(MFVCError, match="reach 300"):
-        to_unit_images(np.full((2, 8, 8), 300.0))
-    with pytest.raises(MFVCError, match="go down to -1"):
-        to_unit_images(np.full((2, 8, 8), -1.0))
+    out = to_images(u8)
+    assert out.dtype == np.uint8 and out.shape == (2, 1, 32, 32) and out.max() == 255
+    assert to_images(np.full((2, 8, 8), 0.5)).max() == 128  # floats in [0, 1]: 0.5 is mid-grey
+    assert to_images(np.full((2, 8, 8), 65535, dtype=np.uint16)).max() == 255  # 16-bit white
+    digits_like = np.full((2, 8, 8), 8.0)  # scikit-learn's digits: white is 16
+    with pytest.raises(MFVCError, match=r"span \[8, 8\], not \[0, 1\].*--pixel-max"):
+        to_images(digits_like)
+    assert to_images(digits_like, pixel_max=16).max() == 128
+    with pytest.raises(MFVCError, match=r"float pixel values span \[0, 1.5\]"):
+        to_images(np.linspace(0, 1.5, 128).reshape(2, 8, 8))  # no silent division by 255
+    with pytest.raises(MFVCError, match="int64.*no known white"):
+        to_images(np.full((2, 8, 8), 3, dtype=np.int64))
+    with pytest.raises(MFVCError, match=r"outside \[0, 16\]"):
+        to_images(np.full((2, 8, 8), 17.0), pixel_max=16)
+    with pytest.raises(MFVCError, match="NaN or infinite"):
+        to_images(np.full((2, 8, 8), np.nan))
     with pytest.raises(MFVCError, match="non-empty stack"):
-        to_unit_images(np.zeros((0, 8, 8)))
+        to_images(np.zeros((0, 8, 8)))
 
 
 def test_missing_dataset_says_how_to_get_it(tmp_path, monkeypatch):

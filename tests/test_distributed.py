@@ -27,7 +27,7 @@ from mfvc_gpu.cli import main as cli_main  # noqa: E402
 from mfvc_gpu.distributed.ddp import load_weights, shard_indices  # noqa: E402
 from mfvc_gpu.distributed import connect, disconnect, fit_distributed, on_worker, run_on_partitions  # noqa: E402
 from mfvc_gpu.models import BetaVAE, VAEConfig  # noqa: E402
-from mfvc_gpu.data import to_unit_images  # noqa: E402
+from mfvc_gpu.data import to_images  # noqa: E402
 
 N = 2000
 PIXELS = dict(n_clusters=10, encoder="none", random_state=0, progress=False)
@@ -102,7 +102,7 @@ def test_the_network_encodes_on_the_workers(client, mnist):
     torch.manual_seed(0)
     net = BetaVAE(VAEConfig(latent_dim=8)).eval()
     est = fit_distributed(MFVC(n_clusters=10, latent_dim=8, manifold="none", random_state=0), x, client, model=net, sample_size=256)
-    images = to_unit_images(x, 32)
+    images = to_images(x, 32)
     np.testing.assert_allclose(est.latent_, encode(net, images, torch.device("cpu")).numpy(), rtol=1e-4, atol=1e-4)
     assert est.model_ is net and est.vae_config_ == net.cfg
     assert est.embedding_.shape == (256, 8) and est.distributed_["umap_sample"] is None  # K-Means on the codes

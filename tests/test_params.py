@@ -100,7 +100,7 @@ def test_a_grouped_config_is_used_by_the_run_and_recorded(tmp_path, digits, caps
     """The defect that started the table: manifold: {metric: cosine} and cluster: {n_init: 1}
     were ignored by the run yet echoed in its config.yaml."""
     data = tmp_path / "small.npz"
-    np.savez(data, images=(digits.images[:200, 0] * 255).astype(np.uint8), labels=digits.labels[:200])
+    np.savez(data, images=digits.images[:200, 0], labels=digits.labels[:200])  # uint8
     conf = tmp_path / "in.yaml"
     conf.write_text(yaml.safe_dump({"encoder": "none", "manifold": {"metric": "cosine", "n_neighbors": 10},
                                     "cluster": {"n_init": 1}}))

@@ -1,7 +1,7 @@
 """Data sets: the registry, the readers, loading into 1×32×32 images in [0, 1], and download."""
 
 from .download import fetch
-from .loading import Dataset, dataset_status, load_dataset, to_unit_images, verify_file
+from .loading import Dataset, dataset_status, load_dataset, to_images, unit_float, verify_file
 from .registry import REGISTRY, DatasetSpec, cache_dir, locate, search_dirs
 
 
@@ -14,5 +14,5 @@ def verify_dataset(name: str, data_dir=None) -> list[str]:
 
 __all__ = [
     "REGISTRY", "Dataset", "DatasetSpec", "cache_dir", "dataset_status", "fetch", "load_dataset", "locate",
-    "search_dirs", "to_unit_images", "verify_dataset", "verify_file",
+    "search_dirs", "to_images", "unit_float", "verify_dataset", "verify_file",
 ]

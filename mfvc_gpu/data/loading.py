@@ -1,4 +1,4 @@
-"""Turn a data-set name or a path into float32 images in [0, 1] at 1×32×32, with labels."""
+"""Turn a data-set name or a path into uint8 grayscale images at 1×32×32 (255 = white), with labels."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ class Dataset:
     """Images ready for the network and what is known about them."""
 
     name: str
-    images: np.ndarray  # (N, 1, S, S) float32 in [0, 1]
+    images: np.ndarray  # (N, 1, S, S) uint8, 255 = white
     labels: np.ndarray | None  # (N,) int64, or None when unknown
     n_classes: int | None
     source: str
@@ -29,11 +29,38 @@ class Dataset:
         return len(self.images)
 
 
-def to_unit_images(x: np.ndarray, size: int = 32, source: str = "images") -> np.ndarray:
-    """Grayscale, scaled to [0, 1], resized to ``size``×``size``: (N, 1, size, size) float32.
+CHUNK = 8192  # images converted at a time: the peak memory is the uint8 result plus one chunk in float32
+WHITE = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0, np.dtype(bool): 1.0}
 
-    uint8 images are divided by 255; float images must already lie in [0, 1] (or [0, 255]).
-    Colour images (N, 3, H, W) or (N, H, W, 3) are averaged to one channel.
+
+def white_of(x: np.ndarray, pixel_max: float | None, source: str) -> float:
+    """The value of a white pixel: ``pixel_max`` if given; 255 for uint8, 65535 for uint16, 1 for
+    bool, 1.0 for floats whose values lie in [0, 1]. Anything else is refused with the range found."""
+    if pixel_max is not None:
+        return float(pixel_max)
+    if x.dtype in WHITE:
+        return WHITE[x.dtype]
+    if x.dtype.kind == "f":
+        if not np.isfinite(x).all():
+            bad = int((~np.isfinite(x)).sum())
+            raise MFVCError(f"{source}: {bad} pixel values are NaN or infinite; clean the images first")
+        lo, hi = float(x.min()), float(x.max())
+        if lo >= 0.0 and hi <= 1.0:
+            return 1.0
+        raise MFVCError(f"{source}: float pixel values span [{lo:g}, {hi:g}], not [0, 1]; scale them to [0, 1], "
+                        f"or name the value of white with --pixel-max (pixel_max=), e.g. {hi:g}")
+    lo, hi = (int(x.min()), int(x.max())) if x.size else (0, 0)
+    raise MFVCError(f"{source}: pixels of type {x.dtype} (values {lo}..{hi}) have no known white; convert them to "
+                    f"uint8, or name the value of white with --pixel-max (pixel_max=), e.g. {hi}")
+
+
+def to_images(x: np.ndarray, size: int = 32, source: str = "images", pixel_max: float | None = None) -> np.ndarray:
+    """Grayscale images at ``size``×``size`` as (N, 1, size, size) **uint8** (255 = white).
+
+    Pixels are scaled by :func:`white_of` (explicitly: uint8 as is, floats in [0, 1], or the named
+    ``pixel_max``); values above white are refused. Colour images (N, 3, H, W) or (N, H, W, 3/4)
+    are averaged to one channel (an alpha channel is dropped). Stored as uint8, a million 28×28
+    images take 1 GiB at 32×32; the network converts each batch to float32 (:func:`unit_float`).
     """
     import torch
     import torch.nn.functional as F
@@ -45,24 +72,33 @@ def to_unit_images(x: np.ndarray, size: int = 32, source: str = "images") -> np.
         x = x[:, None]
     if x.ndim != 4 or x.shape[0] == 0:
         raise MFVCError(f"{source}: expected a non-empty stack of images (N, H, W) or (N, C, H, W), got shape {x.shape}")
-    x = x[:, :3].astype(np.float32).mean(axis=1, keepdims=True) if x.shape[1] > 1 else x.astype(np.float32)
-    if not np.isfinite(x).all():
-        bad = int((~np.isfinite(x)).sum())
-        raise MFVCError(f"{source}: {bad} pixel values are NaN or infinite; clean the images first")
-    hi, lo = float(x.max()), float(x.min())
-    if lo < 0:
-        raise MFVCError(f"{source}: pixel values go down to {lo}; expected [0, 1] or [0, 255]")
-    if hi > 1.0:
-        if hi > 255.0:
-            raise MFVCError(f"{source}: pixel values reach {hi}; expected [0, 1] or [0, 255]")
-        x = x / 255.0
-    if x.shape[2:] != (size, size):
-        out = np.empty((len(x), 1, size, size), dtype=np.float32)
-        for i in range(0, len(x), 8192):  # batches keep the peak memory small on 100k+ sets
-            t = torch.from_numpy(np.ascontiguousarray(x[i : i + 8192]))
-            out[i : i + 8192] = F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False).clamp_(0, 1).numpy()
-        x = out
-    return np.ascontiguousarray(x, dtype=np.float32)
+    if x.dtype == object or x.dtype.kind not in "biuf":
+        raise MFVCError(f"{source}: pixels of type {x.dtype} are not numbers")
+    white = white_of(x, pixel_max, source)
+    lo, hi = float(x.min()), float(x.max())
+    if lo < 0 or hi > white:
+        raise MFVCError(f"{source}: pixel values span [{lo:g}, {hi:g}], outside [0, {white:g}] (white = {white:g}); "
+                        "check the input or set --pixel-max to the value of white")
+    if x.dtype == np.uint8 and x.shape[1:] == (1, size, size) and white == 255.0:
+        return np.ascontiguousarray(x)
+    out = np.empty((len(x), 1, size, size), dtype=np.uint8)
+    for i in range(0, len(x), CHUNK):
+        c = x[i : i + CHUNK].astype(np.float32)
+        c = c[:, :3].mean(axis=1, keepdims=True) if c.shape[1] > 1 else c
+        t = torch.from_numpy(np.ascontiguousarray(c)).mul_(255.0 / white)
+        if t.shape[2:] != (size, size):
+            t = F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False)
+        out[i : i + CHUNK] = t.round_().clamp_(0, 255).to(torch.uint8).numpy()
+    return out
+
+
+def unit_float(batch):
+    """A batch of images as float32 in [0, 1]: uint8 divided by 255 (per batch, on its device); floats as they are."""
+    import torch
+
+    if batch.dtype == torch.uint8:
+        return batch.float().div_(255.0)
+    return batch.float()
 
 
 def not_found_message(spec: DatasetSpec, data_dir=None) -> str:
@@ -83,7 +119,8 @@ def verify_file(path: Path, spec: DatasetSpec) -> str | None:
     return None
 
 
-def load_dataset(name: str, split: str | None = None, data_dir=None, size: int = 32, verify: bool = True) -> Dataset:
+def load_dataset(name: str, split: str | None = None, data_dir=None, size: int = 32, verify: bool = True,
+                 pixel_max: float | None = None) -> Dataset:
     """Load a named data set or a user path (``.npz``, ``.npy``, a folder of images).
 
     Parameters
@@ -93,11 +130,12 @@ def load_dataset(name: str, split: str | None = None, data_dir=None, size: int =
     data_dir : a folder searched first (the files directly, or in ``<name>/``).
     size : side of the square images handed to the network.
     verify : check known files against their published checksums.
+    pixel_max : for a user's files, the value of white (see :func:`white_of`); registered sets know theirs.
     """
     path = Path(name).expanduser()
     if name.lower() not in REGISTRY:
         if path.exists():
-            return _load_path(path, size)
+            return _load_path(path, size, pixel_max)
         known = ", ".join(sorted(REGISTRY))
         raise MFVCError(f"unknown data set '{name}': not a file or folder, and not one of {known}")
     spec = REGISTRY[name.lower()]
@@ -107,9 +145,9 @@ def load_dataset(name: str, split: str | None = None, data_dir=None, size: int =
             raise MFVCError(f"data set '{spec.name}' has no split '{split}'; it has only 'all'")
         from sklearn.datasets import load_digits
 
-        d = load_digits()
-        x = d.images.astype(np.float32) / 16.0
-        return Dataset(spec.name, to_unit_images(x, size, spec.name), d.target.astype(np.int64), spec.n_classes, "scikit-learn")
+        d = load_digits()  # 17 grey levels, 0 (black) to 16 (white)
+        return Dataset(spec.name, to_images(d.images, size, spec.name, pixel_max=16.0), d.target.astype(np.int64),
+                       spec.n_classes, "scikit-learn")
     if split not in spec.splits:
         raise MFVCError(f"data set '{spec.name}' has no split '{split}'; choose one of {', '.join(spec.splits)}")
     paths = locate(spec, split, data_dir)
@@ -135,10 +173,10 @@ def load_dataset(name: str, split: str | None = None, data_dir=None, size: int =
     if spec.name == "emnist-letters":
         y = y - 1  # letters are labelled 1..26
     log.info("loaded %s (%s): %d images from %s", spec.name, split, len(x), paths[0].parent)
-    return Dataset(spec.name, to_unit_images(x, size, spec.name), y, spec.n_classes, str(paths[0].parent))
+    return Dataset(spec.name, to_images(x, size, spec.name), y, spec.n_classes, str(paths[0].parent))
 
 
-def _load_path(path: Path, size: int) -> Dataset:
+def _load_path(path: Path, size: int, pixel_max: float | None = None) -> Dataset:
     if path.is_dir():
         x, y, classes = readers.read_image_folder(path)
         n_classes = len(classes) or None
@@ -150,7 +188,7 @@ def _load_path(path: Path, size: int) -> Dataset:
         n_classes = None
     else:
         raise MFVCError(f"{path}: unsupported file type '{path.suffix}'; use .npz, .npy or a folder of images")
-    return Dataset(path.stem or path.name, to_unit_images(x, size, str(path)), y, n_classes, str(path))
+    return Dataset(path.stem or path.name, to_images(x, size, str(path), pixel_max), y, n_classes, str(path))
 
 
 def dataset_status(data_dir=None) -> list[dict]:
@@ -173,4 +211,4 @@ def dataset_status(data_dir=None) -> list[dict]:
     return rows
 
 
-__all__ = ["Dataset", "load_dataset", "to_unit_images", "dataset_status", "verify_file", "cache_dir"]
+__all__ = ["Dataset", "load_dataset", "to_images", "unit_float", "white_of", "dataset_status", "verify_file", "cache_dir"]

@@ -97,7 +97,9 @@ def encode_partition(images: np.ndarray, token: str, payload: dict | None, devic
     if dev.type == "cpu":
         _one_thread()
     if payload is None:
-        z = torch.from_numpy(np.ascontiguousarray(images.reshape(len(images), -1), dtype=np.float32)).to(dev)
+        from ..data.loading import unit_float
+
+        z = unit_float(torch.from_numpy(np.ascontiguousarray(images.reshape(len(images), -1))).to(dev))
     else:
         z = encode(_model_on_worker(token, payload, dev), images, dev, batch_size)
     if cupy_out:

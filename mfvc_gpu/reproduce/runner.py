@@ -34,7 +34,7 @@ from mfvc_gpu.params import ESTIMATOR_PARAMS
 from mfvc_gpu.data.loading import Dataset
 from mfvc_gpu.data.registry import REGISTRY
 from mfvc_gpu.errors import MFVCError
-from mfvc_gpu.fileio import atomic_path, write_json
+from mfvc_gpu.fileio import FileSystemError, atomic_path, make_dirs, write_json
 
 from .report import hardware_summary
 from .variants import Variant, train_mlp_autoencoder
@@ -64,8 +64,41 @@ def save_json(path: Path, obj: dict) -> None:
     write_json(path, obj, indent=1)
 
 
-def load_json(path: Path) -> dict:
-    return json.loads(path.read_text())
+MAX_CACHE_JSON_BYTES = 16 << 20
+
+
+def _damaged(path: Path, why: str) -> MFVCError:
+    return MFVCError(f"the cache file {path} is damaged or was not written by mfvc-gpu ({why}); refused: "
+                     "delete it and run the same command again to recompute it")
+
+
+def load_json(path: Path, required: tuple[str, ...] = ()) -> dict:
+    """A cached record: a JSON mapping holding ``required`` keys; anything else is refused with one line."""
+    try:
+        if path.stat().st_size > MAX_CACHE_JSON_BYTES:
+            raise ValueError(f"{path.stat().st_size} bytes")
+        rec = json.loads(path.read_bytes().decode("utf-8"))
+    except FileNotFoundError as exc:
+        raise _damaged(path, "missing") from exc
+    except (OSError, ValueError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise _damaged(path, (str(exc).splitlines() or [type(exc).__name__])[0]) from exc
+    if not isinstance(rec, dict):
+        raise _damaged(path, f"a JSON {type(rec).__name__}, not a record")
+    missing = [k for k in required if k not in rec]
+    if missing:
+        raise _damaged(path, f"no {', '.join(missing)}")
+    return rec
+
+
+def load_npy(path: Path, ndim: int | None = None) -> np.ndarray:
+    """A cached array: numbers only, read without unpickling; anything else is refused with one line."""
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except Exception as exc:  # noqa: BLE001 - OSError, ValueError (a pickle), EOFError: refused whole
+        raise _damaged(path, (str(exc).splitlines() or [type(exc).__name__])[0]) from exc
+    if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "biuf" or (ndim is not None and arr.ndim != ndim):
+        raise _damaged(path, f"not a numeric {ndim or ''}-D array".replace(" -D", ""))
+    return arr
 
 
 # ---------------------------------------------------------------- the three expensive steps
@@ -183,17 +216,17 @@ class Runner:
     def features(self, ds: Dataset, dataset: str, v: Variant, seed: int) -> tuple[np.ndarray, dict]:
         """The variant's input features: pixels, or the cached (else freshly trained) codes."""
         if v.features == "pixels":
-            return ds.images.reshape(len(ds), -1), {"train_s": 0.0}
+            return ds.images.reshape(len(ds), -1).astype(np.float32) / 255.0, {"train_s": 0.0}
         path = self.seed_dir(dataset, seed) / "features" / f"{self.features_key(v)}.npy"
         if path.exists():
-            return np.load(path), load_json(path.with_suffix(".json"))
+            return load_npy(path, 2), load_json(path.with_suffix(".json"))
         if v.features == "vae":
             ckpt = path.with_suffix(".ckpt.pt")
-            path.parent.mkdir(parents=True, exist_ok=True)
+            make_dirs(path.parent)
             params = self.base_params(seed, ds.n_classes) | v.network
             z, meta = train_vae_features(ds.images, params, ckpt)
         else:
-            z, meta = train_n2d_features(ds.images.reshape(len(ds), -1), ds.n_classes, self.epochs, seed, self.device)
+            z, meta = train_n2d_features(ds.images.reshape(len(ds), -1).astype(np.float32) / 255.0, ds.n_classes, self.epochs, seed, self.device)
             ckpt = None
         save_json(path.with_suffix(".json"), dict(meta, key=self.features_key(v), n_samples=len(ds), hardware=self.hardware))
         save_npy(path, np.ascontiguousarray(z, dtype=np.float32))
@@ -206,8 +239,8 @@ class Runner:
         ekey = self.embedding_key(v)
         epath = self.seed_dir(dataset, seed) / "embeddings" / f"{ekey}.npy" if ekey else None
         if epath is not None and epath.exists():
-            meta = load_json(epath.with_suffix(".json"))
-            est = fit_pipeline(np.load(epath), dict(params, manifold="none"))
+            meta = load_json(epath.with_suffix(".json"), ("train_s", "manifold_s"))
+            est = fit_pipeline(load_npy(epath, 2), dict(params, manifold="none"))
             seconds = dict(train=meta["train_s"], manifold=meta["manifold_s"])
         else:
             z, fmeta = self.features(ds, dataset, v, seed)
@@ -227,7 +260,7 @@ class Runner:
         """
         path = self.result_path(dataset, v, seed)
         if path.exists():
-            rec = load_json(path)
+            rec = load_json(path, ("status",))
             if rec["status"] != "error" or not self.retry_failed:
                 return dict(rec, label=v.label, variant=v.name, cached=True)
         if not self.compute:
@@ -244,6 +277,8 @@ class Runner:
             t0 = time.perf_counter()
             try:
                 labels, seconds = self._compute(ds, dataset, v, seed)
+            except FileSystemError:
+                raise  # the disk, not the pipeline: stop with one line, record nothing
             except (MFVCError, ValueError, ArithmeticError, RuntimeError, MemoryError, np.linalg.LinAlgError) as exc:
                 rec.update(status="error", error=f"{type(exc).__name__}: {exc}", wall_s=time.perf_counter() - t0)
             else:
@@ -255,7 +290,7 @@ class Runner:
         return dict(rec, cached=False)
 
     def labels(self, dataset: str, v: Variant, seed: int) -> np.ndarray:
-        return np.load(self.result_path(dataset, v, seed).with_suffix(".labels.npy"))
+        return load_npy(self.result_path(dataset, v, seed).with_suffix(".labels.npy"), 1)
 
     def view(self, dataset: str, v: Variant, seed: int) -> np.ndarray | None:
         """A 2-D UMAP (the paper's n_neighbors and min_dist) of the variant's input features, for
@@ -264,7 +299,7 @@ class Runner:
         m = {k: self.defaults[k] for k in MANIFOLD_KEYS} | dict(manifold="umap", n_components=2)
         path = self.seed_dir(dataset, seed) / "views" / f"{fkey}.umap2d-{self.backend}-{_hash([fkey, m, self.backend])}.npy"
         if path.exists():
-            return np.load(path)
+            return load_npy(path, 2)
         if not self.compute:
             return None
         ds = self.dataset(dataset)
