@@ -262,3 +262,15 @@ def test_device_sync_on_cuda_waits_for_torch_and_cupy(monkeypatch):
     monkeypatch.setitem(sys.modules, "cupy", fake_cupy)
     timing.device_sync("cuda:1")()
     assert seen == [("torch", "cuda:1"), ("cupy",)]
+
+
+def test_train_step_race_alternates_the_variants_and_reports_ratios(digits):
+    from mfvc_gpu.bench.train_step import race, ratios
+
+    rows = race(digits.images[:128], "cpu", (32,), rounds=2, steps=2, variants=("eager", "eager contiguous"))
+    assert [(r["variant"], r["rep"]) for r in rows] == [
+        ("eager b=32", 1), ("eager contiguous b=32", 1), ("eager contiguous b=32", 2), ("eager b=32", 2)]  # turns rotate
+    assert all(r["status"] == "ok" and r["n_samples"] == 64 and r["images_per_s"] == 64 / r["seconds"] for r in rows)
+    assert [r["baseline"] for r in rows] == [True, False, False, True]
+    (line,) = ratios(rows)
+    assert line.startswith("train_step cpu batch 32: eager contiguous") and "× eager" in line

@@ -25,13 +25,15 @@ from mfvc_gpu.errors import MFVCError
 from .report import machine_info, markdown, markdown_table, plot, summarize, write_csv, write_atomic, write_json
 from .stages import STAGES, Bench, Settings, probe_gpu
 from .timing import run_cases
+from .train_step import ratios
 
 PRESETS = {
     # Kept small because --quick has 10 minutes on two (shared) cores: umap-learn needs ~10-30 s
     # per call at 1k-5k points, a β-VAE epoch runs at ~25-100 images/s there. The other UMAP
     # settings run at 5000, the smallest size where umap-learn uses NN-descent (low_memory matters).
     "quick": Settings(sizes=(1000, 2000, 5000), image_sizes=(500,), datasets=("mnist",), train_subset=256,
-                      variant_size=5000, umap_cpu_max_n=None, epochs=1),
+                      variant_size=5000, umap_cpu_max_n=None, epochs=1,
+                      train_step_batches=(64,), train_step_rounds=3, train_step_steps=10),
     "full": Settings(sizes=(10_000, 30_000, 70_000, 100_000, 300_000, 1_000_000), image_sizes=(10_000, 70_000),
                      datasets=("mnist", "fashion-mnist"), train_subset=None, variant_size=70_000,
                      umap_cpu_max_n=100_000, epochs=2),
@@ -119,8 +121,10 @@ def main(a: argparse.Namespace) -> int:
     gpu = probe_gpu(a.device)
     started = datetime.now(timezone.utc)
     t0 = time.perf_counter()
-    cases = Bench(settings, gpu).cases()
+    bench = Bench(settings, gpu)
+    cases = bench.cases()
     rows = run_cases(cases, repeats=a.repeats, warmup=a.warmup, progress=not a.no_progress)
+    rows += bench.train_step_rows()
     wall = time.perf_counter() - t0
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -130,13 +134,15 @@ def main(a: argparse.Namespace) -> int:
     protocol = (f"{a.warmup} untimed warm-up call(s) per setting at its first size, then {a.repeats} timed calls per case; "
                 f"median and min; GPU work synchronised before every clock read; whole run {wall:.0f} s wall.")
     write_csv(rows, out / "bench.csv")
-    write_atomic(out / "bench.md", markdown(summary, machine, command, protocol))
+    write_atomic(out / "bench.md", markdown(summary, machine, command, protocol, ratios(rows)))
     plot(summary, out / "bench.png")
     errors = [r for r in rows if r.get("status") == "error"]
     write_json(dict(machine=machine, run=dict(command=command, preset=preset, settings=asdict(settings), gpu=asdict(gpu),
                                               started=started.isoformat(timespec="seconds"), wall_s=round(wall, 1),
                                               cases=len(cases), rows=len(rows), errors=len(errors))), out / "machine.json")
     print(markdown_table(summary))
+    for line in ratios(rows):
+        print(line)
     print(f"{len(rows)} rows in {wall:.0f} s; wrote {out / 'bench.csv'}, {out / 'bench.md'}, {out / 'bench.png'}, {out / 'machine.json'}")
     for r in errors:
         print(f"error: {r['stage']} {r['backend']} n={r['n_samples']} {r['variant']}: {r['note']}")

@@ -8,7 +8,7 @@ from typing import Any, Callable
 import numpy as np
 
 
-STAGES = ("load", "train", "encode", "handoff", "umap", "kmeans", "metrics", "end_to_end")
+STAGES = ("load", "train", "train_step", "encode", "handoff", "umap", "kmeans", "metrics", "end_to_end")
 N_CLUSTERS = 10
 LATENT_DIM = 32
 IMAGE_FEATURES = 32 * 32
@@ -99,6 +99,9 @@ class Settings:
     epochs: int = 1  # end_to_end training epochs
     trust_sample: int = 2000  # points scored by trustworthiness
     seed: int = 0
+    train_step_batches: tuple[int, ...] = (64, 256)  # the paper's batch (and the profiles'), and a larger one
+    train_step_rounds: int = 5  # turns each variant takes (median over them)
+    train_step_steps: int = 20  # optimiser steps per turn
 
 
 def synthetic_blobs(n: int, d: int, k: int = N_CLUSTERS, spread: float = 3.0, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -131,7 +131,7 @@ def markdown_table(summary: list[dict]) -> str:
     return head + "\n".join(lines) + "\n"
 
 
-def markdown(summary: list[dict], machine: dict, command: str, protocol: str) -> str:
+def markdown(summary: list[dict], machine: dict, command: str, protocol: str, ratio_lines: list[str] = ()) -> str:
     m = machine
     gpus = ", ".join(f"{g['name']} (driver {m.get('driver') or '?'})" for g in m.get("gpus", [])) or "none"
     v = m.get("versions", {})
@@ -147,6 +147,9 @@ def markdown(summary: list[dict], machine: dict, command: str, protocol: str) ->
         "GPU speed-up = median of the CPU default / median of the GPU row, shown only where both ran. "
         "Settings marked * are not the pipeline's default; 'vs CPU default' > 1 means faster than the default.",
     ]
+    if ratio_lines:
+        text += ["", "Training step, variants alternating in this run (median images/s, ratio to eager):",
+                 *[f"- {line}" for line in ratio_lines]]
     if notes:
         text += ["", "Not run:", *[f"- {n}" for n in notes]]
     return "\n".join(text) + "\n"

@@ -126,8 +126,27 @@ class Bench:
     def cases(self) -> list[Case]:
         out: list[Case] = []
         for stage in self.s.stages:
-            out += list(getattr(self, f"_{stage}")())
+            if stage != "train_step":  # timed by its own alternating race (train_step_rows)
+                out += list(getattr(self, f"_{stage}")())
         return out
+
+    def train_step_rows(self, progress: bool = True) -> list[dict]:
+        """The ``train_step`` stage (:mod:`mfvc_gpu.bench.train_step`) on the CPU and, where there is one, the GPU."""
+        from .train_step import race
+
+        if "train_step" not in self.s.stages:
+            return []
+        try:
+            x, _, label, _ = self._images(self.s.datasets[0], max(self.s.image_sizes))
+        except MFVCError as exc:
+            return [dict(stage="train_step", backend="cpu", device="cpu", library="torch", variant="default", baseline=True,
+                         dataset=self.s.datasets[0], n_samples=0, n_features=IMAGE_FEATURES, rep=None, seconds=None,
+                         status="skipped", note=str(exc))]
+        kw = dict(rounds=self.s.train_step_rounds, steps=self.s.train_step_steps, seed=self.s.seed, dataset=label)
+        rows = race(x, "cpu", self.s.train_step_batches, **kw)
+        if self.gpu.device:
+            rows += race(x, self.gpu.device, self.s.train_step_batches, **kw)
+        return rows
 
     def _skip_images(self, stage: str, exc: MFVCError) -> Case:
         return Case(stage, "cpu", "cpu", "torch", 0, IMAGE_FEATURES, self.s.datasets[0], status="skipped", note=str(exc))

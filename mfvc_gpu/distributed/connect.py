@@ -26,9 +26,13 @@ def connect(cluster: str = "local", n_workers: int | None = None, *, timeout: fl
     if n_workers is not None and (not isinstance(n_workers, int) or n_workers < 1):
         raise MFVCError(f"n_workers={n_workers!r} must be a positive integer")
     if cluster == "local":
+        from .tasks import cores_per_process
+
+        w = n_workers or (os.cpu_count() or 1)
+        share = str(cores_per_process(w))  # each worker's torch / OpenMP / numba threads: its share of the cores
         lc = distributed.LocalCluster(
-            n_workers=n_workers or (os.cpu_count() or 1), threads_per_worker=1, processes=True,
-            dashboard_address=None, env={"NUMBA_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"},
+            n_workers=w, threads_per_worker=1, processes=True, dashboard_address=None,
+            env={"NUMBA_NUM_THREADS": share, "OMP_NUM_THREADS": share, "MFVC_THREADS": share},
         )
     elif cluster == "local-cuda":
         LocalCUDACluster = require("dask_cuda", "--dask-cluster local-cuda", RAPIDS_HINT).LocalCUDACluster

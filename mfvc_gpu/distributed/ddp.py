@@ -81,6 +81,10 @@ def train_ddp(args: argparse.Namespace) -> dict | None:
     if cuda:
         torch.cuda.set_device(local_rank)
     device = torch.device(f"cuda:{local_rank}" if cuda else "cpu")
+    if not cuda:  # ranks on one machine share its cores (torchrun sets OMP_NUM_THREADS=1 otherwise)
+        from .tasks import cores_per_process
+
+        torch.set_num_threads(cores_per_process(int(os.environ.get("LOCAL_WORLD_SIZE", world))))
     backend = args.backend or ("nccl" if cuda else "gloo")
     dist.init_process_group(backend=backend)
     try:
@@ -97,6 +101,7 @@ def train_ddp(args: argparse.Namespace) -> dict | None:
         history = train_vae(model, share, cfg, device, args.seed + rank, None, False, progress=rank == 0 and not args.no_progress)
         ranks = [None] * world
         dist.all_gather_object(ranks, {"rank": rank, "images": int(len(share)), "device": str(device),
+                                       "torch_threads": torch.get_num_threads(),
                                        "param_checksum": _checksum(net), "first_index": int(shard_indices(len(images), rank, world, args.seed)[0])})
         if rank != 0:
             return None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import sys
 import threading
 
@@ -59,14 +60,24 @@ def on_worker(stage: str):
     return deco
 
 
+def cores_per_process(processes: int) -> int:
+    """This machine's usable cores shared out among ``processes`` processes (at least 1 each):
+    several processes each running as many threads as there are cores slow one another down
+    (measured here: two eager trainings with two threads each on two cores, over 10× slower)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // max(1, processes))
+
+
 def _one_thread() -> None:
-    """One thread per task on CPU workers: Dask gives the parallelism, not torch or numba."""
-    if torch.get_num_threads() != 1:
-        torch.set_num_threads(1)
+    """A CPU worker's tasks use the threads its cluster gave it (``MFVC_THREADS``, set by
+    :func:`mfvc_gpu.distributed.connect.connect` to the worker's share of the cores; default 1)."""
+    n = int(os.environ.get("MFVC_THREADS", "1"))
+    if torch.get_num_threads() != n:
+        torch.set_num_threads(n)
     if "numba" in sys.modules:
         import numba
 
-        numba.set_num_threads(1)
+        numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
 
 
 _MODELS: dict = {}
@@ -182,6 +193,7 @@ def peak_memory() -> dict:
 def probe() -> dict:
     from ..backends import rapids_available
 
-    return {"cuda": bool(torch.cuda.is_available()), "rapids": rapids_available(dask=True), "torch": torch.__version__}
+    return {"cuda": bool(torch.cuda.is_available()), "rapids": rapids_available(dask=True), "torch": torch.__version__,
+            "threads": int(os.environ.get("MFVC_THREADS", "1"))}
 
 
