@@ -96,11 +96,32 @@ def _from_dict(cls, d: dict):
     return cls(**kwargs)
 
 
+MAX_CONFIG_BYTES = 1 << 20  # a config.yaml is a few hundred bytes
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """A YAML error on one line: what is wrong and where (a ``!!python/...`` tag is refused, never built)."""
+    problem = getattr(exc, "problem", None) or str(exc)
+    mark = getattr(exc, "problem_mark", None)
+    where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+    if "python/" in problem or "could not determine a constructor" in problem:
+        problem = f"{problem}; only plain YAML (settings and their values) is read, no Python objects"
+    return " ".join(f"{problem}{where}".split())
+
+
 def _from_yaml(cls, path: Path):
+    """Read ``config.yaml`` as untrusted text: ``yaml.safe_load`` only (no Python objects, ever)."""
+    path = Path(path)
     try:
-        data = yaml.safe_load(Path(path).read_text()) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise MFVCError(f"cannot read the config {path}: {exc}") from exc
+        if path.stat().st_size > MAX_CONFIG_BYTES:
+            raise MFVCError(f"cannot read the config {path}: {path.stat().st_size} bytes is not a config file")
+        data = yaml.safe_load(path.read_bytes().decode("utf-8")) or {}
+    except OSError as exc:
+        raise MFVCError(f"cannot read the config {path}: {exc.strerror or exc}; check the path") from exc
+    except UnicodeDecodeError as exc:
+        raise MFVCError(f"cannot read the config {path}: it is not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+    except yaml.YAMLError as exc:
+        raise MFVCError(f"cannot read the config {path}: {_yaml_problem(exc)}") from exc
     if not isinstance(data, dict):
         raise MFVCError(f"{path} must hold a mapping of settings")
     try:

@@ -24,7 +24,7 @@ import torch
 
 from .data.loading import unit_float
 from .errors import MFVCError
-from .fileio import atomic_path
+from .fileio import write_torch
 from .models import BetaVAE, vae_loss
 from .params import PROFILES, stage_dataclass
 
@@ -213,8 +213,7 @@ def _save_checkpoint(path: Path, model, opt, sched, gen, device, epoch: int, his
     )
     if device.type == "cuda":
         state["cuda_rng"] = torch.cuda.get_rng_state(device)
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    write_torch(path, state)
 
 
 @torch.no_grad()

@@ -26,7 +26,7 @@ def test_cluster_writes_a_complete_run_folder(small_npz, tmp_path, capsys):
     out = tmp_path / "run"
     rc = run_cli("cluster", "--dataset", small_npz, "--epochs", "1", "--latent-dim", "8", "--out", out, "--no-progress")
     assert rc == 0
-    assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "embedding.png", "labels.csv", "metrics.json", "model"]
+    assert sorted(p.name for p in out.iterdir()) == ["clusters.png", "config.yaml", "embedding.png", "labels.csv", "metrics.json", "model", "report.html"]
     m = json.loads((out / "metrics.json").read_text())
     for key in ("acc", "nmi", "purity", "ari", "n_samples", "n_clusters", "backend", "device", "profile", "timings"):
         assert key in m
@@ -106,7 +106,7 @@ def test_resume_continues_from_the_checkpoint(small_npz, tmp_path, monkeypatch):
 
     def stop_in_epoch_2(self, *a, **k):
         calls["n"] += 1
-        if calls["n"] > 5:  # 300 images / 64 per batch = 5 steps per epoch
+        if calls["n"] > 4:  # 300 images // 64 per batch = 4 steps per epoch (the last partial batch is dropped)
             raise KeyboardInterrupt
         return orig(self, *a, **k)
 
@@ -121,7 +121,7 @@ def test_resume_continues_from_the_checkpoint(small_npz, tmp_path, monkeypatch):
     monkeypatch.setattr(torch.optim.AdamW, "step", count_steps)
     calls["n"] = 0
     assert run_cli(*args, "--out", out, "--resume") == 0
-    assert calls["n"] == 5, "the resumed run must train only the missing epoch (5 steps)"
+    assert calls["n"] == 4, "the resumed run must train only the missing epoch (4 steps)"
     assert not partial_dir(out).exists()
     whole = tmp_path / "whole"
     assert run_cli(*args, "--out", whole) == 0

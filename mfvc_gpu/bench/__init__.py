@@ -21,6 +21,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from mfvc_gpu.errors import MFVCError
+from mfvc_gpu.fileio import check_writable_dir
 
 from .report import machine_info, markdown, markdown_table, plot, summarize, write_csv, write_atomic, write_json
 from .stages import STAGES, Bench, Settings, probe_gpu
@@ -118,6 +119,7 @@ def command_line(a: argparse.Namespace, preset: str) -> str:
 
 def main(a: argparse.Namespace) -> int:
     preset, settings = settings_from_args(a)
+    out = check_writable_dir(a.out)  # before minutes of compute
     gpu = probe_gpu(a.device)
     started = datetime.now(timezone.utc)
     t0 = time.perf_counter()
@@ -126,8 +128,6 @@ def main(a: argparse.Namespace) -> int:
     rows = run_cases(cases, repeats=a.repeats, warmup=a.warmup, progress=not a.no_progress)
     rows += bench.train_step_rows()
     wall = time.perf_counter() - t0
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
     summary = summarize(rows)
     machine = machine_info()
     command = command_line(a, preset)

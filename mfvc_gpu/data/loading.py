@@ -120,7 +120,7 @@ def verify_file(path: Path, spec: DatasetSpec) -> str | None:
 
 
 def load_dataset(name: str, split: str | None = None, data_dir=None, size: int = 32, verify: bool = True,
-                 pixel_max: float | None = None) -> Dataset:
+                 pixel_max: float | None = None, bad_images: str = "error") -> Dataset:
     """Load a named data set or a user path (``.npz``, ``.npy``, a folder of images).
 
     Parameters
@@ -131,11 +131,12 @@ def load_dataset(name: str, split: str | None = None, data_dir=None, size: int =
     size : side of the square images handed to the network.
     verify : check known files against their published checksums.
     pixel_max : for a user's files, the value of white (see :func:`white_of`); registered sets know theirs.
+    bad_images : in an image folder, "error" stops at an unreadable file (naming it), "skip" leaves it out.
     """
     path = Path(name).expanduser()
     if name.lower() not in REGISTRY:
         if path.exists():
-            return _load_path(path, size, pixel_max)
+            return _load_path(path, size, pixel_max, bad_images)
         known = ", ".join(sorted(REGISTRY))
         raise MFVCError(f"unknown data set '{name}': not a file or folder, and not one of {known}")
     spec = REGISTRY[name.lower()]
@@ -176,9 +177,9 @@ def load_dataset(name: str, split: str | None = None, data_dir=None, size: int =
     return Dataset(spec.name, to_images(x, size, spec.name), y, spec.n_classes, str(paths[0].parent))
 
 
-def _load_path(path: Path, size: int, pixel_max: float | None = None) -> Dataset:
+def _load_path(path: Path, size: int, pixel_max: float | None = None, bad_images: str = "error") -> Dataset:
     if path.is_dir():
-        x, y, classes = readers.read_image_folder(path)
+        x, y, classes = readers.read_image_folder(path, bad_images=bad_images)
         n_classes = len(classes) or None
     elif path.suffix == ".npz":
         x, y = readers.read_npz(path)

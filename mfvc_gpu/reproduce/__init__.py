@@ -20,13 +20,16 @@ import math
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mfvc_gpu.errors import MFVCError
-from mfvc_gpu.fileio import write_text
+from mfvc_gpu.fileio import check_writable_dir, write_text
 
 from . import variants as V
+
+if TYPE_CHECKING:
+    from .runner import Runner
 from .report import fmt_seconds, footnotes, header, summarize, sweep_markdown, table2_markdown, variants_markdown
-from .runner import DatasetUnavailable, Runner
 
 TABLE2_DATASETS = ("mnist-test", "fashion-mnist-test", "mnist", "fashion-mnist", "usps", "emnist-digits", "emnist-balanced")
 SMALL_DATASETS = ("mnist-test", "fashion-mnist-test")
@@ -107,7 +110,7 @@ def run_grid(runner: Runner, datasets: list[str], seeds: list[int], variants: li
                             stats["cached" if rec["cached"] else "computed"] += 1
                         done += 1
                         bar.update()
-            except DatasetUnavailable as exc:
+            except V.DatasetUnavailable as exc:
                 skipped[ds] = str(exc)
                 bar.update(per_dataset - done)
                 print(f"{ds}: skipped — {exc}", file=sys.stderr)
@@ -247,7 +250,7 @@ def do_embeddings(runner: Runner, a, t0: float):
         if n == 7 and runner.compute:
             try:
                 truth = runner.dataset(d).labels
-            except DatasetUnavailable:
+            except V.DatasetUnavailable:
                 continue
             path = a.out / f"figure7-{runner.tag(d)}-classes.png"
             written.append(plot_embedding(runner.view(d, V.MFVC, 0), truth, path, title=f"true classes of {d} (β-VAE codes)"))
@@ -266,9 +269,11 @@ def main(a: argparse.Namespace) -> int:
         raise MFVCError(f"--seeds {a.seeds}: need at least one seed")
     if a.epochs is not None and a.epochs < 1:
         raise MFVCError(f"--epochs {a.epochs}: need at least one epoch")
+    from .runner import Runner
+
     runner = Runner(a.out, a.profile, a.epochs, a.device, a.backend, a.data_dir, a.limit,
                     compute=not a.report_only, retry_failed=a.retry_failed)
-    a.out.mkdir(parents=True, exist_ok=True)
+    check_writable_dir(a.out)
     job = do_table if a.table else {5: do_embeddings, 7: do_embeddings, 8: do_figure8, 9: do_figure9}[a.figure]
     try:
         written, results = job(runner, a, t0)

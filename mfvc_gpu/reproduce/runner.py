@@ -37,17 +37,14 @@ from mfvc_gpu.errors import MFVCError
 from mfvc_gpu.fileio import FileSystemError, atomic_path, make_dirs, write_json
 
 from .report import hardware_summary
-from .variants import Variant, train_mlp_autoencoder
+from .n2d import train_mlp_autoencoder
+from .variants import DatasetUnavailable, Variant
 
 # The settings each cached step depends on, from the table: a new setting enters the keys by itself.
 NETWORK_KEYS = tuple(p.name for p in ESTIMATOR_PARAMS if p.stage in ("network", "train") and p.name not in ("profile", "epochs"))
 MANIFOLD_KEYS = tuple(p.name for p in ESTIMATOR_PARAMS if p.stage == "manifold")
 CLUSTER_KEYS = tuple(p.name for p in ESTIMATOR_PARAMS if p.stage == "cluster" and p.name != "n_clusters")
 N2D_SETTINGS = dict(arch="500-500-2000", optimizer="adam", lr=1e-3, batch_size=256)
-
-
-class DatasetUnavailable(Exception):
-    """The data set cannot be used (not found, or no labels); the message says why."""
 
 
 def _hash(obj) -> str:
