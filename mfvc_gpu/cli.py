@@ -1,6 +1,9 @@
 """The ``mfvc-gpu`` command: parse arguments into a config, call the public API, report.
 
-User mistakes end with one line on stderr and exit status 2, never a traceback.
+Every failure ends with one line on stderr, never a traceback: exit status 2 for what the user
+can fix (a bad setting or file, a full or read-only disk, a diverging loss), 130 for Ctrl-C and
+SIGTERM (a cluster run then continues with ``--resume``), 1 for an unexpected error (``-v``
+shows its traceback).
 """
 
 from __future__ import annotations
@@ -9,11 +12,28 @@ import argparse
 import importlib
 import json
 import logging
+import os
+import signal
 import sys
+import threading
+import warnings
 from dataclasses import replace
 from pathlib import Path
 
 from .errors import MFVCError
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error: the usage text is what ``--help`` is for."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {one_line(message)} (see {self.prog} --help)\n")
+
+
+def one_line(text: object) -> str:
+    """``text`` on one line: a message that a library wrote over several lines is joined."""
+    return " ".join(str(text).split()) or "unknown error"
+
 
 # Sub-commands whose code lives outside this file: module -> (name, help). Each module has
 # ``add_arguments(parser)`` and ``main(args) -> int``.
@@ -28,6 +48,8 @@ def _flag_type(param):
     def convert(text: str):
         if param.optional and text.lower() in ("none", "null"):
             return None
+        if text in param.words:
+            return text
         try:
             return param.kind(text)
         except ValueError:
@@ -102,6 +124,44 @@ def cmd_cluster(a: argparse.Namespace) -> int:
     return 0
 
 
+def _add_apply(sub) -> None:
+    """``predict`` and ``transform``: a saved model on new images."""
+    from .params import BY_NAME
+
+    for name, helptext in (("predict", "label images with a saved model (labels.csv; --embedding for the coordinates)"),
+                           ("transform", "embed images with a saved model (the UMAP coordinates as .npy or .csv)")):
+        p = sub.add_parser(name, help=helptext, description=helptext[0].upper() + helptext[1:] + ".")
+        p.add_argument("--model", type=Path, required=True, help="a model folder: a run folder's model/, or MFVC.save's")
+        p.add_argument("--dataset", required=True, help=BY_NAME["dataset"].help)
+        p.add_argument("--out", type=Path, required=name == "transform",
+                       help="labels.csv to write" if name == "predict" else "the coordinates: a .npy or .csv file")
+        if name == "predict":
+            p.add_argument("--embedding", type=Path, help="also write the coordinates (.npy or .csv)")
+        for setting in ("split", "data_dir", "pixel_max", "bad_images", "device", "backend"):
+            q = BY_NAME[setting]
+            p.add_argument(q.flag, dest=setting, type=_flag_type(q) if q.kind is not str else None,
+                           choices=list(q.choices) if q.choices else None, default=q.default, help=q.help)
+        p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+        p.set_defaults(func=cmd_apply)
+
+
+def cmd_apply(a: argparse.Namespace) -> int:
+    from .predict import run_predict
+
+    labels_out, emb_out = (a.out, a.embedding) if a.command == "predict" else (None, a.out)
+    r = run_predict(a.model, a.dataset, labels_out, embedding=emb_out, split=a.split, data_dir=a.data_dir,
+                    pixel_max=a.pixel_max, bad_images=a.bad_images, device=a.device, backend=a.backend, overwrite=a.overwrite)
+    sizes = ", ".join(f"{c}: {n}" for c, n in r["cluster_sizes"].items())
+    print(f"{r['dataset']}: {r['n_samples']} images in {r['seconds']:.1f} s (device {r['device']}, backend {r['backend']})")
+    if a.command == "predict":
+        print(f"clusters (images): {sizes}")
+    scores = "  ".join(f"{k.upper()} {r[k]:.4f}" for k in ("acc", "nmi", "purity", "ari") if k in r)
+    if scores:
+        print(scores)
+    print("wrote " + ", ".join(str(p) for p in (labels_out, emb_out) if p is not None))
+    return 0
+
+
 def _add_datasets(sub) -> None:
     p = sub.add_parser("datasets", help="list, verify or fetch data sets")
     dsub = p.add_subparsers(dest="action", required=True)
@@ -145,11 +205,12 @@ def cmd_datasets(a: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
-    parser = argparse.ArgumentParser(prog="mfvc-gpu", description="MFVC deep image clustering (β-VAE → UMAP → K-Means) on GPU or CPU")
+    parser = _Parser(prog="mfvc-gpu", description="MFVC deep image clustering (β-VAE → UMAP → K-Means) on GPU or CPU")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log every step")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_cluster(sub)
+    _add_apply(sub)
     _add_datasets(sub)
     for module, (name, helptext) in EXTERNAL_COMMANDS.items():
         mod = importlib.import_module(module)
@@ -159,18 +220,95 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, taken the way Ctrl-C is: the run stops where it is, its checkpoint kept."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
+
+
+def _interrupted_message(command: str | None, exc: BaseException) -> str:
+    what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
+    if command == "cluster":
+        return f"{what}; the run folder was not written: rerun the same command with --resume to continue from the last finished epoch"
+    if command == "reproduce":
+        return f"{what}; finished results are cached: rerun the same command to continue"
+    return f"{what}; nothing was left half-written"
+
+
+def _numerical_message(exc: BaseException) -> str:
+    return (f"training diverged ({one_line(exc)}); lower the learning rate (e.g. --lr 0.0005) or check the input "
+            "images (their pixel range, NaNs)")
+
+
+def _memory_message(exc: BaseException) -> str:
+    return f"out of memory ({one_line(exc)[:200]}); lower --batch-size, use fewer images, or run on a larger machine"
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    return isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError" or "out of memory" in str(exc)[:200]
+
+
+def _show_warnings(caught: list[warnings.WarningMessage]) -> None:
+    """The warnings a finished command met, one line each, each once."""
+    seen = set()
+    for w in caught:
+        text = f"{one_line(w.message)} ({w.category.__name__})"
+        if text not in seen:
+            seen.add(text)
+            print(f"mfvc-gpu: warning: {text}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    """Run the command; every failure ends with one line on stderr: exit status 2 for what the user
+    can fix (``MFVCError``, a file-system error, a diverging loss, memory), 130 for Ctrl-C or SIGTERM,
+    1 for an unexpected error (``-v`` shows its traceback). The libraries' Python warnings are held
+    while the command runs and printed one line each when it succeeds (live with ``-v``)."""
+    from .fileio import os_error
+
+    args = None
+    old_term = None
+    in_main = threading.current_thread() is threading.main_thread()
+    if in_main:
+        old_term = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
-        return int(args.func(args) or 0)
-    except MFVCError as exc:
-        print(f"mfvc-gpu: error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("mfvc-gpu: interrupted; a cluster run continues with --resume", file=sys.stderr)
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+        if args.verbose:
+            return int(args.func(args) or 0)
+        with warnings.catch_warnings(record=True) as caught:  # the libraries' warnings, held until the outcome is known
+            status = int(args.func(args) or 0)
+        _show_warnings(caught)  # a failed command prints only its one line
+        return status
+    except KeyboardInterrupt as exc:
+        print(f"mfvc-gpu: {_interrupted_message(getattr(args, 'command', None), exc)}", file=sys.stderr)
         return 130
+    except MFVCError as exc:
+        print(f"mfvc-gpu: error: {one_line(exc)}", file=sys.stderr)
+        return 2
+    except FloatingPointError as exc:
+        print(f"mfvc-gpu: error: {_numerical_message(exc)}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:
+        return 141  # the reader of stdout went away (| head): nothing to report
+    except OSError as exc:  # a write site that was missed: still one line naming the path
+        where = exc.filename if isinstance(exc.filename, (str, bytes, os.PathLike)) and exc.filename else "a file"
+        print(f"mfvc-gpu: error: {one_line(os_error(os.fsdecode(where), exc, 'access'))}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # noqa: BLE001 - the last resort: one line, the traceback with -v
+        if _is_out_of_memory(exc):
+            print(f"mfvc-gpu: error: {_memory_message(exc)}", file=sys.stderr)
+            return 2
+        if getattr(args, "verbose", False):
+            raise
+        print(f"mfvc-gpu: internal error: {type(exc).__name__}: {one_line(exc)[:500]} "
+              "(rerun with -v for the traceback, and please report it)", file=sys.stderr)
+        return 1
+    finally:
+        if in_main:
+            signal.signal(signal.SIGTERM, old_term if old_term is not None else signal.SIG_DFL)
 
 
 if __name__ == "__main__":

@@ -30,6 +30,8 @@ from .train import TrainConfig, encode, train_vae
 
 log = logging.getLogger(__name__)
 
+AUTO_COMPONENTS = 10  # UMAP's output dimension while K is being chosen (n_clusters="auto", n_components unset)
+
 
 def _init_signature() -> inspect.Signature:
     kinds = [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)]
@@ -81,8 +83,13 @@ class MFVC(ClusterMixin, TransformerMixin, BaseEstimator):
             p.check(getattr(self, p.name))
         backends.check_device(self.device)
         if self.n_clusters is None:
-            raise MFVCError("n_clusters=None: give the number of clusters")
-        if self.n_clusters > n_samples:
+            raise MFVCError("n_clusters=None: give the number of clusters, or 'auto'")
+        if self.n_clusters == "auto":
+            if self.cluster != "kmeans":
+                raise MFVCError(f"n_clusters='auto' chooses K for K-Means; cluster={self.cluster!r} needs a number")
+            if self.k_min > self.k_max or self.k_max >= n_samples:
+                raise MFVCError(f"k_min={self.k_min}, k_max={self.k_max}: need k_min <= k_max < {n_samples} (the samples)")
+        elif self.n_clusters > n_samples:
             raise MFVCError(f"n_clusters={self.n_clusters} exceeds the number of samples ({n_samples}); lower it or add data")
         if self.manifold != "none" and self.n_neighbors >= n_samples:
             raise MFVCError(f"n_neighbors={self.n_neighbors} must be below the number of samples ({n_samples}); lower it")
@@ -235,16 +242,42 @@ class MFVC(ClusterMixin, TransformerMixin, BaseEstimator):
         t0 = time.perf_counter()
         self.manifold_model_, emb = b.fit_manifold(feats, self.manifold_config_, self._n_components(), self.seed_)
         timings["manifold"] = time.perf_counter() - t0
+        self.k_search_ = None
+        if self.n_clusters == "auto":
+            from .choose_k import search_k
+
+            self.k_search_ = search_k(np.asarray(b.to_numpy(emb), dtype=np.float32), (self.k_min, self.k_max),
+                                      seed=self.seed_)
+            timings["choose_k"] = self.k_search_.seconds
+        self.n_clusters_ = self.k_search_.chosen if self.k_search_ else int(self.n_clusters)
         t0 = time.perf_counter()
-        self.cluster_model_, labels = b.fit_cluster(emb, self.cluster_config_, self.n_clusters, self.seed_)
+        self.cluster_model_, labels = b.fit_cluster(emb, self.cluster_config_, self.n_clusters_, self.seed_)
         timings["cluster"] = time.perf_counter() - t0
         self.handoff_ = dict(getattr(b, "last_handoff", {}))  # as it stands when the labels exist
         self.latent_ = np.asarray(b.to_numpy(feats), dtype=np.float32)
         self.embedding_ = np.asarray(b.to_numpy(emb), dtype=np.float32)
         self.labels_ = np.asarray(b.to_numpy(labels), dtype=np.int64)
+        self._check_fit()
+
+    def _check_fit(self) -> None:
+        """Refuse a numerically failed fit with one line: NaN coordinates, codes that all collapsed to one
+        point, or K-Means finding fewer distinct clusters than asked (the points collapsed)."""
+        z, emb, labels = self.latent_, self.embedding_, self.labels_
+        if not np.isfinite(emb).all():
+            raise MFVCError(f"the {self.manifold_config_.method} embedding holds NaN or infinite values: the manifold stage "
+                            "failed numerically; check the input images, or try --manifold none")
+        if len(z) > 1 and float(np.ptp(z, axis=0).max()) <= 1e-7 * max(1.0, float(np.abs(z).max())):
+            raise MFVCError(f"the features collapsed: all {len(z)} images got the same code, so there is nothing to cluster; "
+                            "lower the learning rate (--lr), train longer (--epochs), or check that the images differ")
+        found = len(np.unique(labels[labels >= 0]))
+        n_clusters = self.n_clusters_
+        if self.cluster_config_.method == "kmeans" and found < n_clusters:
+            raise MFVCError(f"the embedding collapsed: K-Means found only {found} distinct clusters of the {n_clusters} asked, "
+                            "because too few images have distinct codes; lower --n-clusters, lower the learning rate (--lr), "
+                            "or check the input (are many images identical?)")
 
     def _n_components(self) -> int:
-        return self.n_components or self.n_clusters
+        return self.n_components or (AUTO_COMPONENTS if self.n_clusters == "auto" else self.n_clusters)
 
     # ------------------------------------------------------------------ inference
     def _codes(self, X) -> np.ndarray:
@@ -281,10 +314,12 @@ class MFVC(ClusterMixin, TransformerMixin, BaseEstimator):
             out[new] = np.asarray(b.to_numpy(b.transform_manifold(self.manifold_model_, b.handoff(z[new]))), dtype=np.float32)
         return out, seen
 
-    def predict(self, X) -> np.ndarray:
-        """Cluster labels of ``X``: training points get ``labels_``; new points go encoder →
-        UMAP transform → the fitted K-Means (or GMM)."""
+    def transform_predict(self, X) -> tuple[np.ndarray, np.ndarray]:
+        """``(transform(X), predict(X))`` with one pass through the encoder and the manifold."""
         emb, seen = self._embed(self._codes(X))
+        return emb, self._labels_of(emb, seen)
+
+    def _labels_of(self, emb: np.ndarray, seen: np.ndarray) -> np.ndarray:
         labels = np.empty(len(emb), dtype=np.int64)
         labels[seen >= 0] = self.labels_[seen[seen >= 0]]
         new = seen < 0
@@ -292,6 +327,11 @@ class MFVC(ClusterMixin, TransformerMixin, BaseEstimator):
             b = self._backend
             labels[new] = np.asarray(b.to_numpy(b.predict_cluster(self.cluster_model_, emb[new])), dtype=np.int64)
         return labels
+
+    def predict(self, X) -> np.ndarray:
+        """Cluster labels of ``X``: training points get ``labels_``; new points go encoder →
+        UMAP transform → the fitted K-Means (or GMM)."""
+        return self.transform_predict(X)[1]
 
     # ------------------------------------------------------------------ persistence
     def save(self, path):
@@ -315,7 +355,8 @@ MFVC.__doc__ = f"""Deep image clustering: β-VAE (Res-VAE-Blocks, SimAM, early f
 Attributes
 ----------
 labels_, embedding_, latent_ : cluster of every sample, its UMAP coordinates, its latent code.
-timings_ : seconds per stage (train, encode, handoff, manifold, cluster).
+timings_ : seconds per stage (train, encode, handoff, manifold, choose_k, cluster).
+n_clusters_, k_search_ : the K used; with ``n_clusters='auto'`` every K's scores (:class:`mfvc_gpu.choose_k.KSearch`).
 backend_, device_, profile_, seed_ : where the stages ran, the profile that trained the network,
     the seed used.
 history_ : one record per training epoch (loss, seconds, images/s).

@@ -41,6 +41,7 @@ class Param:
     """One setting.
 
     kind : int, float, str or bool. ``optional``: None is allowed too (its meaning is in ``help``).
+    words : strings allowed besides values of ``kind`` (``n_clusters="auto"``).
     choices : the valid strings. low / high : the valid range (inclusive unless ``open_low``).
     stage : where it acts (one of :data:`STAGES`). field : its name in the stage dataclass
         (default: ``name``; None: not a field there).
@@ -65,6 +66,7 @@ class Param:
     cli: bool = True
     aliases: tuple[str, ...] = ()
     run_default: Any = _SAME
+    words: tuple[str, ...] = ()
 
     @property
     def flag(self) -> str:
@@ -93,7 +95,7 @@ class Param:
                 text = f"{noun} {lo}"
             else:
                 text = noun
-        return text + (" or None" if self.optional else "")
+        return text + "".join(f", {w!r}" for w in self.words) + (" or None" if self.optional else "")
 
     def check(self, value: Any) -> Any:
         """``value`` if valid (ints given for floats become floats), else :class:`MFVCError`
@@ -105,6 +107,8 @@ class Param:
             if self.optional:
                 return None
             raise bad()
+        if isinstance(value, str) and value in self.words:
+            return value
         if self.kind is bool:
             if not isinstance(value, (bool,)) and not (isinstance(value, numbers.Integral) and value in (0, 1)):
                 raise bad()
@@ -145,7 +149,11 @@ PARAMS: tuple[Param, ...] = (
       "1.0 for floats (float pixels outside [0, 1] are then refused)", low=0.0, open_low=True, optional=True, field=None),
     # the clustering target
     P("n_clusters", int, 10, "cluster", "number of clusters, and UMAP's output dimension unless n_components is set; "
-      "a run without it takes the data set's number of classes", low=1, optional=True, field=None, run_default=None),
+      "'auto': chosen by the silhouette over k_min..k_max in the UMAP space; a run without it takes the data set's "
+      "number of classes, or 'auto' when it has no labels", low=1, optional=True, field=None, run_default=None,
+      words=("auto",)),
+    P("k_min", int, 2, "cluster", "with n_clusters='auto': the smallest K tried", low=2, field=None),
+    P("k_max", int, 30, "cluster", "with n_clusters='auto': the largest K tried", low=2, field=None),
     # the network
     P("encoder", str, "vae", "network", "'vae': the β-VAE's posterior means; 'none': raw pixels (or given features) "
       "go to the manifold stage (a baseline)", choices=("vae", "none"), field=None),

@@ -57,6 +57,9 @@ def fit_distributed(est, X, cluster="local", n_workers: int | None = None, *, mo
     t_start = time.perf_counter()
     images = est._prepare(X, fitting=True)
     est._validate(len(images))
+    if est.n_clusters == "auto":
+        raise MFVCError("n_clusters='auto': the Dask path needs a number of clusters; choose one (a run without Dask "
+                        "on a sample can choose it for you)")
     if est.cluster != "kmeans":
         raise MFVCError(f"cluster={est.cluster!r}: the Dask path clusters with K-Means only; use kmeans or leave out --dask-cluster")
     if est.manifold not in ("umap", "none"):
@@ -281,6 +284,8 @@ class _DaskFit:
         est.latent_ = np.ascontiguousarray(z_host, dtype=np.float32)
         est.embedding_ = np.ascontiguousarray(u_host, dtype=np.float32)
         est.labels_ = np.asarray(labels, dtype=np.int64)
+        est.n_clusters_, est.k_search_ = int(est.n_clusters), None
+        est._check_fit()
         est.n_features_in_ = est.latent_.shape[1]
         est.handoff_ = {"backend": self.backend, "source": "dask", "array": "cupy" if gpu else "numpy", "partitions": len(self.bounds),
                         "note": "the codes stay on the workers between stages; only the UMAP sample moves to the fitting "

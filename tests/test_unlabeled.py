@@ -1,0 +1,119 @@
+"""Unlabeled images start to finish: K chosen for you, the run report, predict from the command line."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+
+from mfvc_gpu.choose_k import search_k
+from mfvc_gpu.cli import main
+
+
+@pytest.fixture(scope="module")
+def unlabeled_folder(tmp_path_factory, digits):
+    """300 digits as PNG files in one flat folder: no class sub-folders, so no labels."""
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("images") / "my_images"
+    root.mkdir()
+    for i, img in enumerate(digits.images[:300, 0]):
+        Image.fromarray(img).save(root / f"img{i:04d}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def auto_run(unlabeled_folder, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "run"
+    rc = main(["cluster", "--dataset", str(unlabeled_folder), "--epochs", "2", "--latent-dim", "8", "--out", str(out),
+               "--no-progress"])
+    assert rc == 0
+    return out
+
+
+def test_search_k_finds_well_separated_blobs():
+    from sklearn.datasets import make_blobs
+
+    x, _ = make_blobs(n_samples=1500, centers=6, n_features=5, cluster_std=0.5, random_state=3)
+    s = search_k(x, (2, 12), seed=0, sample=1000)
+    assert s.chosen == 6 and s.runner_up != 6
+    assert [r["k"] for r in s.scores] == list(range(2, 13)) and s.sample == 1000
+    assert max(s.scores, key=lambda r: r["silhouette"])["k"] == 6
+
+
+def test_a_folder_without_labels_gets_k_chosen_and_a_report(auto_run):
+    m = json.loads((auto_run / "metrics.json").read_text())
+    assert "acc" not in m  # nothing to score against
+    ks = m["k_search"]
+    assert ks["criterion"] == "silhouette" and 2 <= ks["chosen"] <= 30 and ks["chosen"] == m["n_clusters"]
+    scores = json.loads((auto_run / "k_search.json").read_text())["scores"]
+    assert [s["k"] for s in scores] == list(range(2, 31))
+    assert max(scores, key=lambda s: s["silhouette"])["k"] == ks["chosen"]
+    for name in ("report.html", "clusters.png", "k_search.png", "embedding.png", "labels.csv", "config.yaml"):
+        assert (auto_run / name).stat().st_size > 0, name
+    labels = [int(r["cluster"]) for r in csv.DictReader(open(auto_run / "labels.csv"))]
+    assert len(set(labels)) == ks["chosen"]
+    assert "n_clusters: auto" in (auto_run / "config.yaml").read_text()  # feeding it back chooses again
+
+
+def test_the_report_is_self_contained(auto_run):
+    page = (auto_run / "report.html").read_text()
+    assert "Content-Security-Policy" in page and "default-src 'none'" in page
+    assert not re.search(r"""(src|href)=["']?(https?:|//)""", page)  # nothing to fetch
+    assert page.count("<img") >= 3 + json.loads((auto_run / "metrics.json").read_text())["n_clusters"]
+    assert "Number of clusters" in page and "Settings as they ran" in page
+
+
+def test_predict_labels_the_training_images_as_the_run_did(auto_run, unlabeled_folder, tmp_path, capsys):
+    out, emb = tmp_path / "labels.csv", tmp_path / "emb.npy"
+    assert main(["predict", "--model", str(auto_run / "model"), "--dataset", str(unlabeled_folder), "--out", str(out),
+                 "--embedding", str(emb)]) == 0
+    assert out.read_text() == (auto_run / "labels.csv").read_text()
+    assert np.load(emb).shape[0] == 300
+    assert "wrote" in capsys.readouterr().out
+    assert main(["predict", "--model", str(auto_run / "model"), "--dataset", str(unlabeled_folder), "--out", str(out)]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    coords = tmp_path / "coords.csv"
+    assert main(["transform", "--model", str(auto_run / "model"), "--dataset", str(unlabeled_folder), "--out", str(coords)]) == 0
+    rows = coords.read_text().splitlines()
+    assert rows[0].startswith("index,umap_0") and len(rows) == 301
+
+
+def test_predict_on_labelled_images_prints_the_scores(tmp_path, digits, capsys):
+    data = tmp_path / "small.npz"
+    np.savez(data, images=digits.images[:300, 0], labels=digits.labels[:300])
+    run = tmp_path / "run"
+    assert main(["cluster", "--dataset", str(data), "--epochs", "1", "--latent-dim", "4", "--manifold", "none",
+                 "--out", str(run), "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["predict", "--model", str(run / "model"), "--dataset", str(data), "--out", str(tmp_path / "l.csv")]) == 0
+    printed = capsys.readouterr().out
+    acc = json.loads((run / "metrics.json").read_text())["acc"]
+    assert f"ACC {acc:.4f}" in printed  # the same images, the same labels, the same score
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (apt-get install chromium)")
+def test_the_report_renders_in_a_headless_browser(auto_run, tmp_path):
+    """Loaded from file:// in headless Chromium: no console errors, no blocked or failed
+    requests, and the screenshot is not blank."""
+    from PIL import Image
+
+    shot = tmp_path / "report.png"
+    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+           "--disable-background-networking", "--disable-component-update", "--disable-sync",
+           f"--user-data-dir={tmp_path / 'profile'}", "--enable-logging=stderr", "--v=0", "--window-size=1100,1600",
+           f"--screenshot={shot}", (auto_run / "report.html").as_uri()]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    console = [line for line in r.stderr.splitlines() if "CONSOLE" in line or "Refused to" in line or "net::ERR" in line]
+    assert console == []
+    pixels = np.asarray(Image.open(shot).convert("L"), dtype=np.float32)
+    assert pixels.shape == (1600, 1100) and pixels.std() > 10  # text, figures and galleries, not a blank page
