@@ -9,6 +9,7 @@ import logging
 import os
 import shutil
 import time
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -179,6 +180,22 @@ def ran_config(cfg: RunConfig, est) -> RunConfig:
     return replace(cfg, **ran)
 
 
+@contextmanager
+def building(out: Path, resume: bool):
+    """The hidden folder a run is written in; published to ``out`` when the block completes, else
+    left as :func:`after_failure` decides (its checkpoint kept for ``--resume`` where it helps)."""
+    existed = partial_dir(out).exists()
+    work = start_work(out, resume)
+    try:
+        yield work
+        publish(work, out)
+    except BaseException as exc:
+        failure = after_failure(work, existed, exc)
+        if failure is exc:
+            raise
+        raise failure from exc
+
+
 def publish(work: Path, out: Path) -> Path:
     """Move a finished run folder from its hidden working name to ``out``; an old ``out`` is
     replaced only by that rename (:func:`mfvc_gpu.fileio.publish_dir`)."""
@@ -227,9 +244,7 @@ def _run_images(cfg: RunConfig, out: Path, resume: bool, progress: bool, dask_cl
     t_load = time.perf_counter() - t0
     k = cfg.n_clusters or ds.n_classes or "auto"  # no labels and no number: chosen in the UMAP space
     cfg = replace(cfg, n_clusters=k)
-    existed = partial_dir(out).exists()
-    work = start_work(out, resume)
-    try:
+    with building(out, resume) as work:
         # the loader has applied pixel_max: the estimator gets its images as uint8 (255 = white)
         params = cfg.estimator_params()
         if "pixel_max" in params:
@@ -256,12 +271,6 @@ def _run_images(cfg: RunConfig, out: Path, resume: bool, progress: bool, dask_cl
         write_run_views(work, est, ds, metrics, cfg.to_dict(), title)
         est.save(work / "model")
         (work / CHECKPOINT).unlink(missing_ok=True)
-        publish(work, out)
-    except BaseException as exc:
-        failure = after_failure(work, existed, exc)
-        if failure is exc:
-            raise
-        raise failure from exc
     return metrics
 
 
@@ -296,9 +305,7 @@ def _run_table(cfg, out: Path, columns: str | None) -> dict:
     cfg = ran_config(cfg, est)
     metrics = run_metrics(est, Path(cfg.dataset).name, len(table.features), cfg.n_clusters, t_load, scores={},
                           n_features=len(table.columns), columns=table.columns, table_engine=table.engine)
-    existed = partial_dir(out).exists()
-    work = start_work(out, resume=False)
-    try:
+    with building(out, resume=False) as work:
         cfg.to_yaml(work / "config.yaml")
         write_json(work / "metrics.json", metrics)
         method = cfg.manifold
@@ -306,10 +313,4 @@ def _run_table(cfg, out: Path, columns: str | None) -> dict:
         title = f"{metrics['dataset']}: {metrics['n_samples']} rows, {cfg.n_clusters} clusters"
         plot_embedding(est.embedding_, est.labels_, work / "embedding.png", title)
         est.save(work / "model")
-        publish(work, out)
-    except BaseException as exc:
-        failure = after_failure(work, existed, exc)
-        if failure is exc:
-            raise
-        raise failure from exc
     return metrics

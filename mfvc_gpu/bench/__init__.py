@@ -72,6 +72,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, help="training epochs of the end_to_end stage (default quick 1, full 2)")
     p.add_argument("--cpu-max-n", type=int, help="largest n for CPU UMAP and CPU end_to_end rows (default quick: none, full: 100000)")
     p.add_argument("--train-subset", type=int, help="images per timed training epoch (default quick 256, full: all)")
+    p.add_argument("--train-step-batches", help="batch sizes of the train_step race (default quick 64, full 64,256)")
+    p.add_argument("--train-step-rounds", type=int, help="turns each train_step variant takes (default quick 3, full 5)")
+    p.add_argument("--train-step-steps", type=int, help="optimiser steps per turn (default quick 10, full 20)")
     p.add_argument("--out", type=Path, default=Path("bench-results"), help="output folder (default bench-results/)")
     p.add_argument("--data-dir", help="folder searched first for the data sets (then $MFVC_DATA_DIR, the cache, system folders)")
     p.add_argument("--device", default="auto", help="auto (GPU rows when a GPU is there), cpu, cuda or cuda:N")
@@ -86,7 +89,8 @@ def settings_from_args(a: argparse.Namespace) -> tuple[str, Settings]:
         raise MFVCError(f"--repeats {a.repeats}: the protocol takes the median of at least {MIN_REPEATS} timed calls")
     if a.warmup < 0:
         raise MFVCError(f"--warmup {a.warmup} must be >= 0")
-    for flag, v in (("--epochs", a.epochs), ("--cpu-max-n", a.cpu_max_n), ("--train-subset", a.train_subset)):
+    for flag, v in (("--epochs", a.epochs), ("--cpu-max-n", a.cpu_max_n), ("--train-subset", a.train_subset),
+                    ("--train-step-rounds", a.train_step_rounds), ("--train-step-steps", a.train_step_steps)):
         if v is not None and v < 1:
             raise MFVCError(f"{flag} {v} must be a positive integer")
     stages = tuple(x.strip() for x in a.stages.split(",") if x.strip()) if a.stages else STAGES
@@ -97,7 +101,10 @@ def settings_from_args(a: argparse.Namespace) -> tuple[str, Settings]:
         changes["image_sizes"] = parse_sizes(a.image_sizes, "--image-sizes")
     if a.dataset:
         changes["datasets"] = tuple(x.strip() for x in a.dataset.split(",") if x.strip())
-    for key, v in (("epochs", a.epochs), ("umap_cpu_max_n", a.cpu_max_n), ("train_subset", a.train_subset)):
+    if a.train_step_batches:
+        changes["train_step_batches"] = parse_sizes(a.train_step_batches, "--train-step-batches")
+    for key, v in (("epochs", a.epochs), ("umap_cpu_max_n", a.cpu_max_n), ("train_subset", a.train_subset),
+                   ("train_step_rounds", a.train_step_rounds), ("train_step_steps", a.train_step_steps)):
         if v is not None:
             changes[key] = v
     return preset, replace(s, **changes)
@@ -106,7 +113,8 @@ def settings_from_args(a: argparse.Namespace) -> tuple[str, Settings]:
 def command_line(a: argparse.Namespace, preset: str) -> str:
     """The command as a user would type it (only the options that were given)."""
     parts = ["mfvc-gpu", "bench", f"--{preset}"]
-    for flag in ("stages", "sizes", "image_sizes", "dataset", "epochs", "cpu_max_n", "train_subset", "data_dir"):
+    for flag in ("stages", "sizes", "image_sizes", "dataset", "epochs", "cpu_max_n", "train_subset", "data_dir",
+                 "train_step_batches", "train_step_rounds", "train_step_steps"):
         v = getattr(a, flag)
         if v is not None:
             parts += [f"--{flag.replace('_', '-')}", str(v)]

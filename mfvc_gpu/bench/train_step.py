@@ -17,15 +17,18 @@ import time
 
 import numpy as np
 
-# name -> (compile, channels_last); the first is what the loop does by default on that device
+# name -> (compile, channels_last, host-synced); the first is what the loop does by default. "eager,
+# synced" is the loop as it was before: float32 images, the batch indices drawn on the host, and
+# three host reads (.item()) of the loss terms every step.
 VARIANTS = {
-    "eager": ("off", True),
-    "eager contiguous": ("off", False),
-    "compiled": ("on", True),
+    "eager": ("off", True, False),
+    "eager contiguous": ("off", False, False),
+    "compiled": ("on", True, False),
+    "eager, synced": ("off", True, True),
 }
 
 
-def _stepper(x_all: np.ndarray, device, batch: int, compile_mode: str, channels_last: bool, seed: int):
+def _stepper(x_all: np.ndarray, device, batch: int, compile_mode: str, channels_last: bool, synced: bool, seed: int):
     """A fresh model, optimiser and step function; returns ``run(steps)``, timing nothing itself."""
     import torch
 
@@ -44,6 +47,19 @@ def _stepper(x_all: np.ndarray, device, batch: int, compile_mode: str, channels_
     data = torch.from_numpy(np.ascontiguousarray(x_all)).to(device)
     gen = torch.Generator(device=device).manual_seed(seed)
     n = len(data)
+    if synced:
+        floats = unit_float(data)  # 4 bytes a pixel, converted once
+        host_gen = torch.Generator().manual_seed(seed)
+
+        def run_synced(steps: int):
+            total = 0.0
+            for _ in range(steps):
+                idx = torch.randint(0, n, (batch,), generator=host_gen).to(device)
+                loss, rec, kl = training_step(model, opt, sched, fl, floats[idx].contiguous(memory_format=fmt))
+                total += loss.item() + rec.item() + kl.item()  # three host syncs a step
+            return total
+
+        return run_synced
 
     def run(steps: int):
         total = torch.zeros(3, device=device)
@@ -69,8 +85,8 @@ def race(x: np.ndarray, device: str, batch_sizes, *, rounds: int = 5, steps: int
     for batch in batch_sizes:
         steppers, warm = {}, {}
         for name in variants:
-            compile_mode, cl = VARIANTS[name]
-            steppers[name] = _stepper(x, dev, batch, compile_mode, cl, seed)
+            compile_mode, cl, synced = VARIANTS[name]
+            steppers[name] = _stepper(x, dev, batch, compile_mode, cl, synced, seed)
             t0 = time.perf_counter()
             steppers[name](2)  # the warm-up: compiles where compile is on
             sync()

@@ -33,6 +33,26 @@ CHUNK = 8192  # images converted at a time: the peak memory is the uint8 result 
 WHITE = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0, np.dtype(bool): 1.0}
 
 
+def available_memory() -> int | None:
+    """Bytes of memory the kernel says it can give without swapping (MemAvailable), or None where unknown."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def check_fits(n_bytes: int, what: str) -> None:
+    """MFVCError, before allocating, when ``n_bytes`` will not fit in the memory available now
+    (rather than the out-of-memory killer ending the process with nothing said)."""
+    free = available_memory()
+    if free is not None and n_bytes > free:
+        raise MFVCError(f"{what} needs {n_bytes / 2**30:.1f} GiB but only {free / 2**30:.1f} GiB of memory is "
+                        "available; use fewer images (a subset) or a machine with more memory")
+
+
 def white_of(x: np.ndarray, pixel_max: float | None, source: str) -> float:
     """The value of a white pixel: ``pixel_max`` if given; 255 for uint8, 65535 for uint16, 1 for
     bool, 1.0 for floats whose values lie in [0, 1]. Anything else is refused with the range found."""
@@ -81,6 +101,8 @@ def to_images(x: np.ndarray, size: int = 32, source: str = "images", pixel_max: 
                         "check the input or set --pixel-max to the value of white")
     if x.dtype == np.uint8 and x.shape[1:] == (1, size, size) and white == 255.0:
         return np.ascontiguousarray(x)
+    check_fits(len(x) * size * size + CHUNK * max(int(np.prod(x.shape[1:])), size * size) * 4,
+               f"{source}: {len(x)} images at {size}×{size}")
     out = np.empty((len(x), 1, size, size), dtype=np.uint8)
     for i in range(0, len(x), CHUNK):
         c = x[i : i + CHUNK].astype(np.float32)
