@@ -15,6 +15,7 @@ import errno
 import json
 import logging
 import os
+import tempfile
 import shutil
 import signal
 import subprocess
@@ -570,7 +571,7 @@ def test_collapsed_embedding(cli, tmp_path):
 class Payload:
     """Unpickling this would run a shell command that creates ``marker``."""
 
-    marker = f"/tmp/mfvc-gpu-payload-ran-{os.getpid()}"
+    marker = str(Path(tempfile.gettempdir()) / f"mfvc-gpu-payload-ran-{os.getpid()}")
 
     def __reduce__(self):
         return (os.system, (f"touch {self.marker}",))

@@ -804,13 +804,17 @@ def test_fit_umap_task_on_gpu_builds_cuml_umap_and_names_the_stage_when_it_fails
     _failed_at(exc.__cause__, "fit_umap", ".UMAP(**umap_params(")
 
 
-def test_worker_probe_reports_rapids_without_cuda(rapids, no_device):
-    """What every Dask worker reports to the client: no CUDA here, but the RAPIDS Dask stack imports."""
+def test_worker_probe_reports_rapids_without_cuda(rapids, no_device, monkeypatch):
+    """What every Dask worker reports to the client: no CUDA here, but the RAPIDS Dask stack imports,
+    and the torch threads its cluster gave it (MFVC_THREADS; 1 when unset)."""
     import torch
 
     from mfvc_gpu.distributed.tasks import probe
 
-    assert probe() == {"cuda": False, "rapids": True, "torch": torch.__version__}
+    monkeypatch.delenv("MFVC_THREADS", raising=False)
+    assert probe() == {"cuda": False, "rapids": True, "torch": torch.__version__, "threads": 1}
+    monkeypatch.setenv("MFVC_THREADS", "2")
+    assert probe()["threads"] == 2
 
 
 def test_local_cuda_cluster_takes_the_project_keywords_and_fails_fast_without_a_driver(rapids, no_device, monkeypatch):
