@@ -202,6 +202,17 @@ def cmd_datasets(a: argparse.Namespace) -> int:
     return 1 if a.action == "verify" and any(r.get("problems") for r in rows) else 0
 
 
+def _printing(command):
+    """An external command's handler returns (status, lines of output); the CLI prints them."""
+    def run(a: argparse.Namespace) -> int:
+        status, lines = command(a)
+        for line in lines:
+            print(line)
+        return status
+
+    return run
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -216,7 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
         mod = importlib.import_module(module)
         p = sub.add_parser(name, help=helptext, description=(mod.__doc__ or helptext).strip().splitlines()[0])
         mod.add_arguments(p)
-        p.set_defaults(func=mod.main)
+        p.set_defaults(func=_printing(mod.main))
     return parser
 
 

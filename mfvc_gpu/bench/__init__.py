@@ -13,6 +13,7 @@ status is 1 only when a case failed (its row says why).
 from __future__ import annotations
 
 import argparse
+import logging
 import re
 import shlex
 import time
@@ -40,6 +41,8 @@ PRESETS = {
                      umap_cpu_max_n=100_000, epochs=2),
 }
 MIN_REPEATS = 3
+
+log = logging.getLogger(__name__)
 
 
 def parse_sizes(text: str, flag: str = "--sizes") -> tuple[int, ...]:
@@ -148,18 +151,16 @@ def main(a: argparse.Namespace) -> int:
     write_json(dict(machine=machine, run=dict(command=command, preset=preset, settings=asdict(settings), gpu=asdict(gpu),
                                               started=started.isoformat(timespec="seconds"), wall_s=round(wall, 1),
                                               cases=len(cases), rows=len(rows), errors=len(errors))), out / "machine.json")
-    print(markdown_table(summary))
-    for line in ratios(rows):
-        print(line)
-    print(f"{len(rows)} rows in {wall:.0f} s; wrote {out / 'bench.csv'}, {out / 'bench.md'}, {out / 'bench.png'}, {out / 'machine.json'}")
     for r in errors:
-        print(f"error: {r['stage']} {r['backend']} n={r['n_samples']} {r['variant']}: {r['note']}")
-    return 1 if errors else 0
+        log.error("%s %s n=%s %s: %s", r["stage"], r["backend"], r["n_samples"], r["variant"], r["note"])
+    lines = [markdown_table(summary), *ratios(rows),
+             f"{len(rows)} rows in {wall:.0f} s; wrote {out / 'bench.csv'}, {out / 'bench.md'}, {out / 'bench.png'}, {out / 'machine.json'}"]
+    return (1 if errors else 0), lines
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # python -m mfvc_gpu.bench: the same as mfvc-gpu bench
     import sys
 
-    parser = argparse.ArgumentParser(prog="python -m mfvc_gpu.bench", description=__doc__.strip().splitlines()[0])
-    add_arguments(parser)
-    sys.exit(main(parser.parse_args()))
+    from mfvc_gpu.cli import main as cli_main
+
+    sys.exit(cli_main(["bench", *sys.argv[1:]]))

@@ -16,8 +16,8 @@ found are listed as skipped. Writes OUT/table<N>.md, OUT/figure<N>*.png and OUT/
 from __future__ import annotations
 
 import argparse
+import logging
 import math
-import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -34,6 +34,8 @@ from .report import fmt_seconds, footnotes, header, summarize, sweep_markdown, t
 TABLE2_DATASETS = ("mnist-test", "fashion-mnist-test", "mnist", "fashion-mnist", "usps", "emnist-digits", "emnist-balanced")
 SMALL_DATASETS = ("mnist-test", "fashion-mnist-test")
 DEFAULT_SEEDS = {"table": 5, 8: 3, 9: 3, 5: 1, 7: 1}
+
+log = logging.getLogger(__name__)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -113,7 +115,7 @@ def run_grid(runner: Runner, datasets: list[str], seeds: list[int], variants: li
             except V.DatasetUnavailable as exc:
                 skipped[ds] = str(exc)
                 bar.update(per_dataset - done)
-                print(f"{ds}: skipped — {exc}", file=sys.stderr)
+                log.warning("%s: skipped — %s", ds, exc)
     return results, skipped, stats
 
 
@@ -275,17 +277,11 @@ def main(a: argparse.Namespace) -> int:
                     compute=not a.report_only, retry_failed=a.retry_failed)
     check_writable_dir(a.out)
     job = do_table if a.table else {5: do_embeddings, 7: do_embeddings, 8: do_figure8, 9: do_figure9}[a.figure]
-    try:
-        written, results = job(runner, a, t0)
-    except KeyboardInterrupt:
-        print(f"interrupted: the finished runs are cached in {a.out / 'cache'}; run the same command again to resume",
-              file=sys.stderr)
-        return 130
+    written, results = job(runner, a, t0)  # Ctrl-C: the CLI says the finished runs are cached (exit 130)
     failed = [k for k, r in results.items() if r is not None and r["status"] == "error"]
-    for path in written:
-        print(path)
-    print(f"profile {runner.profile}, {runner.epochs} epochs, device {runner.device}, backend {runner.backend}; "
-          f"{fmt_seconds(time.perf_counter() - t0)}")
     if failed:
-        print(f"{len(failed)} runs failed (see the footnotes; --retry-failed computes them again)", file=sys.stderr)
-    return 1 if failed else 0
+        log.warning("%d runs failed (see the footnotes; --retry-failed computes them again)", len(failed))
+    lines = [str(path) for path in written]
+    lines.append(f"profile {runner.profile}, {runner.epochs} epochs, device {runner.device}, backend {runner.backend}; "
+                 f"{fmt_seconds(time.perf_counter() - t0)}")
+    return (1 if failed else 0), lines
