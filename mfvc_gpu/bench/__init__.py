@@ -156,11 +156,3 @@ def main(a: argparse.Namespace) -> int:
     lines = [markdown_table(summary), *ratios(rows),
              f"{len(rows)} rows in {wall:.0f} s; wrote {out / 'bench.csv'}, {out / 'bench.md'}, {out / 'bench.png'}, {out / 'machine.json'}"]
     return (1 if errors else 0), lines
-
-
-if __name__ == "__main__":  # python -m mfvc_gpu.bench: the same as mfvc-gpu bench
-    import sys
-
-    from mfvc_gpu.cli import main as cli_main
-
-    sys.exit(cli_main(["bench", *sys.argv[1:]]))
