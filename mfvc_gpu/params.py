@@ -176,8 +176,8 @@ PARAMS: tuple[Param, ...] = (
     P("lr", float, None, "train", "AdamW learning rate, cosine-annealed to zero; None: the profile's (paper: 0.005)",
       low=0.0, open_low=True, optional=True),
     P("weight_decay", float, 0.01, "train", "AdamW weight decay", low=0.0),
-    P("amp", bool, True, "train", "bfloat16 autocast for the network on CUDA (the loss stays float32); "
-      "ignored on the CPU"),
+    P("amp", bool, True, "train", "bfloat16 autocast for the network where the device computes bfloat16 natively "
+      "(CUDA; CPUs with AVX512-BF16 or AMX); the loss stays float32; ignored elsewhere"),
     P("compile", str, "auto", "train", "torch.compile the training step ('on' with CUDA graphs on a GPU); "
       "'auto': on where it measured faster (docs/BENCHMARKS.md)", choices=("auto", "on", "off")),
     # the manifold stage

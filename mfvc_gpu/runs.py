@@ -25,6 +25,7 @@ from .fileio import (FileSystemError, make_dirs, os_error, publish_dir, recover_
                      write_text)
 from .plotting import plot_embedding
 from .report import write_run_views
+from .train import numerics
 
 log = logging.getLogger(__name__)
 
@@ -171,6 +172,8 @@ def run_metrics(est, dataset: str, n_samples: int, n_clusters: int, t_load: floa
         metrics["note"] = est.placement_note_
     if est.history_:
         metrics["final_loss"] = est.history_[-1]["loss"]
+        metrics["training"] = dict(numerics(est.train_config_, est.device_),
+                                   images_per_s=float(np.median([h["images_per_s"] for h in est.history_])))
     return metrics
 
 

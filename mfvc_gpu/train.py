@@ -1,4 +1,4 @@
-"""The one training loop: AdamW + cosine annealing, AMP on CUDA, progress bar, checkpoint/resume.
+"""The one training loop: AdamW + cosine annealing, bfloat16 autocast, progress bar, checkpoint/resume.
 
 What keeps it fast on both devices:
 
@@ -9,6 +9,8 @@ What keeps it fast on both devices:
 * every step has the same batch shape: the last partial batch of an epoch is dropped (its
   images are in other batches in other epochs, since the order is reshuffled each epoch);
 * AdamW's fused kernel where the device has one, ``foreach`` otherwise;
+* ``amp``: bfloat16 autocast of the network where the device computes bfloat16 natively (CUDA;
+  CPUs with AVX512-BF16 or AMX), the loss in float32;
 * ``compile`` (torch.compile of the network's forward and backward; CUDA graphs on a GPU).
 """
 
@@ -50,6 +52,29 @@ def use_compile(setting: str, device: torch.device) -> bool:
     return setting == "on"
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes bfloat16 natively: a CUDA GPU that supports it, or a CPU with
+    AVX512-BF16 or AMX (elsewhere bfloat16 is emulated and slower than float32)."""
+    if device.type == "cuda":  # Ampere (compute capability 8) and later; before it bfloat16 is emulated
+        return torch.cuda.get_device_capability(device)[0] >= 8
+    if device.type == "cpu":
+        probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+        return any(getattr(torch.cpu, name, lambda: False)() for name in probes)
+    return False
+
+
+def use_amp(setting: bool, device: torch.device) -> bool:
+    """``amp`` as it applies on ``device``: on only where bfloat16 is native (docs/BENCHMARKS.md)."""
+    return bool(setting) and native_bf16(device)
+
+
+def numerics(cfg, device: torch.device | str) -> dict:
+    """How the training step runs on ``device``: its precision and whether it is compiled (for the run record)."""
+    device = torch.device(device)
+    return dict(precision="bfloat16 autocast" if use_amp(cfg.amp, device) else "float32",
+                compiled=use_compile(cfg.compile, device))
+
+
 def memory_format(device: torch.device, channels_last: bool | None = None) -> torch.memory_format:
     """channels_last where it measured faster (or as ``channels_last`` says)."""
     if channels_last is None:
@@ -75,10 +100,10 @@ def training_step(model, opt, sched, forward_loss, x):
     return torch.stack([loss.detach(), rec.detach(), kl.detach()])
 
 
-def forward_loss_fn(model, beta: float, use_amp: bool, device: torch.device, compiled: bool):
+def forward_loss_fn(model, beta: float, autocast: bool, device: torch.device, compiled: bool):
     """The forward pass and the loss of one batch; compiled (forward and backward graphs) when asked."""
     def forward_loss(x):
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
             recon, mu, logvar = model(x)
         return vae_loss(x, recon.float(), mu.float(), logvar.float(), beta)  # the loss in float32, outside autocast
 
@@ -173,9 +198,7 @@ def _train(model, images, cfg, device, seed, checkpoint, resume, progress) -> li
         history = [dict(zip(state["history_keys"], map(float, row))) for row in state["history"].tolist()]
         log.info("resumed from %s at epoch %d", checkpoint, start)
     data = torch.from_numpy(np.ascontiguousarray(images)).to(device)  # uint8 stays uint8: 1 byte a pixel
-    use_amp = cfg.amp and device.type == "cuda"
-    compiled = use_compile(cfg.compile, device)
-    forward_loss = forward_loss_fn(model, model.cfg.beta, use_amp, device, compiled)
+    forward_loss = forward_loss_fn(model, model.cfg.beta, use_amp(cfg.amp, device), device, use_compile(cfg.compile, device))
     bar = tqdm(range(start, cfg.epochs), desc="train β-VAE", unit="epoch", disable=not progress, initial=start, total=cfg.epochs)
     for epoch in bar:
         t0 = time.perf_counter()

@@ -32,6 +32,12 @@ def test_cluster_writes_a_complete_run_folder(small_npz, tmp_path, capsys):
         assert key in m
     assert m["n_samples"] == 300 and m["n_clusters"] == 10 and m["backend"] == "cpu"
     assert 0.0 <= m["acc"] <= 1.0 and m["timings"]["train"] > 0
+    from mfvc_gpu.train import native_bf16
+    import torch
+
+    native = native_bf16(torch.device("cpu"))
+    assert m["training"]["precision"] == ("bfloat16 autocast" if native else "float32")  # what ran, said in the record
+    assert m["training"]["compiled"] is False and m["training"]["images_per_s"] > 0
     cfg = yaml.safe_load((out / "config.yaml").read_text())
     assert cfg["epochs"] == 1 and cfg["latent_dim"] == 8
     assert (cfg["profile"], cfg["device"], cfg["backend"], cfg["batch_size"]) == ("fast", "cpu", "cpu", 64)  # as it ran

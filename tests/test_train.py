@@ -133,6 +133,43 @@ def test_compiled_training_gives_the_eager_losses():
     for mode in ("off", "on"):
         torch.manual_seed(0)
         model = BetaVAE(VAEConfig(latent_dim=4))
-        runs[mode] = [h["loss"] for h in train_vae(model, x, TrainConfig(epochs=2, batch_size=64, compile=mode), CPU,
-                                                   seed=1, progress=False)]
+        cfg = TrainConfig(epochs=2, batch_size=64, compile=mode, amp=False)  # float32: the kernels' order alone differs
+        runs[mode] = [h["loss"] for h in train_vae(model, x, cfg, CPU, seed=1, progress=False)]
     np.testing.assert_allclose(runs["on"], runs["off"], rtol=1e-3)
+
+
+def test_amp_applies_only_where_bfloat16_is_native(monkeypatch):
+    from mfvc_gpu.train import use_amp
+
+    assert not use_amp(False, CPU)
+    for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported"):
+        monkeypatch.setattr(torch.cpu, name, lambda: False, raising=False)
+    assert not use_amp(True, CPU)  # emulated bfloat16 is slower than float32: off
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True, raising=False)
+    assert use_amp(True, CPU)
+    cuda = torch.device("cuda")
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda d=None: (7, 5))
+    assert not use_amp(True, cuda)  # Turing: bfloat16 emulated
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda d=None: (9, 0))
+    assert use_amp(True, cuda) and not use_amp(False, cuda)
+
+
+def test_bfloat16_training_runs_in_bfloat16_and_follows_the_float32_losses():
+    """amp on a CPU with native bfloat16: the network's output is bfloat16 (float32 without amp),
+    and the loss curve stays within 3% of float32's."""
+    from mfvc_gpu import train as train_mod
+
+    if not train_mod.native_bf16(CPU):
+        pytest.skip("this CPU has no native bfloat16 (AVX512-BF16 or AMX): amp does not apply here")
+    rng = np.random.default_rng(0)
+    x = (rng.random((128, 1, 32, 32)) * 255).astype(np.uint8)
+    runs = {}
+    for amp in (False, True):
+        seen = []
+        torch.manual_seed(0)
+        model = BetaVAE(VAEConfig(latent_dim=4))
+        model.register_forward_hook(lambda m, i, out: seen.append(out[0].dtype))
+        hist = train_vae(model, x, TrainConfig(epochs=3, batch_size=64, amp=amp), CPU, seed=1, progress=False)
+        runs[amp] = [h["loss"] for h in hist]
+        assert set(seen) == {torch.bfloat16 if amp else torch.float32}
+    np.testing.assert_allclose(runs[True], runs[False], rtol=0.03)

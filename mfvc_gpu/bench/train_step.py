@@ -1,7 +1,7 @@
 """The ``train_step`` stage: the training loop's own step, variant against variant, alternating.
 
-Eager against ``torch.compile`` (with CUDA graphs on a GPU), channels_last against contiguous,
-at each batch size: every variant gets its own model and optimiser, is warmed up once (the
+Eager against ``torch.compile`` (with CUDA graphs on a GPU), bfloat16 autocast against float32,
+channels_last against contiguous, and the loop as it was, at each batch size: every variant gets its own model and optimiser, is warmed up once (the
 compile happens there; its seconds are recorded as ``warmup_s``), then the variants take turns,
 ``steps`` optimiser steps each, for ``rounds`` rounds, the order rotating each round. On a
 noisy machine (another process on the cores) every variant is slowed alike, so the ratios,
@@ -17,24 +17,27 @@ import time
 
 import numpy as np
 
-# name -> (compile, channels_last, host-synced); the first is what the loop does by default. "eager,
-# synced" is the loop as it was before: float32 images, the batch indices drawn on the host, and
-# three host reads (.item()) of the loss terms every step.
+# name -> (compile, channels_last, host-synced, amp); the first is what the loop does by default
+# (amp=True: bfloat16 autocast where the device computes it natively, see train.use_amp). "eager,
+# synced" is the loop as it was before: float32 images, the batch indices drawn on the host, three
+# host reads (.item()) of the loss terms every step, and autocast on CUDA only.
 VARIANTS = {
-    "eager": ("off", True, False),
-    "eager contiguous": ("off", False, False),
-    "compiled": ("on", True, False),
-    "eager, synced": ("off", True, True),
+    "eager": ("off", True, False, True),
+    "eager float32": ("off", True, False, False),
+    "eager contiguous": ("off", False, False, True),
+    "compiled": ("on", True, False, True),
+    "eager, synced": ("off", True, True, "cuda"),
 }
+BASELINES = ("eager", "eager, synced")  # the ratios are taken against today's default and the old loop
 
 
-def _stepper(x_all: np.ndarray, device, batch: int, compile_mode: str, channels_last: bool, synced: bool, seed: int):
+def _stepper(x_all: np.ndarray, device, batch: int, compile_mode: str, channels_last: bool, synced: bool, amp, seed: int):
     """A fresh model, optimiser and step function; returns ``run(steps)``, timing nothing itself."""
     import torch
 
     from mfvc_gpu.data.loading import unit_float
     from mfvc_gpu.models import BetaVAE, VAEConfig
-    from mfvc_gpu.train import TrainConfig, forward_loss_fn, make_optimizer, memory_format, training_step, use_compile
+    from mfvc_gpu.train import TrainConfig, forward_loss_fn, make_optimizer, memory_format, training_step, use_amp, use_compile
 
     torch.manual_seed(seed)
     model = BetaVAE(VAEConfig())
@@ -43,7 +46,8 @@ def _stepper(x_all: np.ndarray, device, batch: int, compile_mode: str, channels_
     cfg = TrainConfig(batch_size=batch)
     opt = make_optimizer(model, cfg, device)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=10**9)
-    fl = forward_loss_fn(model, model.cfg.beta, cfg.amp and device.type == "cuda", device, use_compile(compile_mode, device))
+    autocast = device.type == "cuda" if amp == "cuda" else use_amp(amp, device)
+    fl = forward_loss_fn(model, model.cfg.beta, autocast, device, use_compile(compile_mode, device))
     data = torch.from_numpy(np.ascontiguousarray(x_all)).to(device)
     gen = torch.Generator(device=device).manual_seed(seed)
     n = len(data)
@@ -85,8 +89,7 @@ def race(x: np.ndarray, device: str, batch_sizes, *, rounds: int = 5, steps: int
     for batch in batch_sizes:
         steppers, warm = {}, {}
         for name in variants:
-            compile_mode, cl, synced = VARIANTS[name]
-            steppers[name] = _stepper(x, dev, batch, compile_mode, cl, synced, seed)
+            steppers[name] = _stepper(x, dev, batch, *VARIANTS[name], seed)
             t0 = time.perf_counter()
             steppers[name](2)  # the warm-up: compiles where compile is on
             sync()
@@ -113,7 +116,7 @@ def race(x: np.ndarray, device: str, batch_sizes, *, rounds: int = 5, steps: int
 
 
 def ratios(rows: list[dict]) -> list[str]:
-    """One line per (device, batch, variant): its median images/s over the first variant's, in this run."""
+    """One line per (device, batch, variant): its median images/s over each baseline's, in this run."""
     import statistics
 
     med: dict[tuple, float] = {}
@@ -124,9 +127,10 @@ def ratios(rows: list[dict]) -> list[str]:
     med = {k: statistics.median(v) for k, v in med.items()}
     lines = []
     for (device, batch, name), v in sorted(med.items()):
-        base = med.get((device, batch, next(iter(VARIANTS))))
-        if base and name != next(iter(VARIANTS)):
-            lines.append(f"train_step {device} batch {batch}: {name} {v:.0f} images/s = {v / base:.2f}× eager ({base:.0f})")
+        against = [f"{v / med[(device, batch, b)]:.2f}× {b} ({med[(device, batch, b)]:.0f})"
+                   for b in BASELINES if b != name and (device, batch, b) in med]
+        if against:
+            lines.append(f"train_step {device} batch {batch}: {name} {v:.0f} images/s = " + ", ".join(against))
     return lines
 
 
