@@ -166,6 +166,9 @@ PARAMS: tuple[Param, ...] = (
     P("residual", bool, True, "network", "keep the residual path of every block (off is the ablation)"),
     P("fusion", bool, True, "network", "early fusion: global-average-pool every block into the latent heads "
       "(off: the last block's 256 features only)"),
+    P("decoder", str, "transpose", "network", "how the decoder doubles the size: 'transpose' (4×4 transposed "
+      "convolutions) or 'upsample' (nearest-neighbour upsampling, then a 3×3 convolution)",
+      choices=("transpose", "upsample")),
     # training
     P("profile", str, "auto", "train", "training protocol: 'paper' (200 epochs), 'fast' (the CPU profile); "
       "'auto': paper on CUDA, fast on the CPU", choices=("auto", *PROFILES), field=None),

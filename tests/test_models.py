@@ -59,8 +59,11 @@ def test_encoder_fuses_496_features():
     assert Encoder(VAEConfig(fusion=False)).n_features == 256
 
 
-def test_vae_forward_shapes_and_range():
-    vae = BetaVAE(VAEConfig(latent_dim=5)).eval()
+@pytest.mark.parametrize("decoder", ["transpose", "upsample"])
+def test_vae_forward_shapes_and_range(decoder):
+    vae = BetaVAE(VAEConfig(latent_dim=5, decoder=decoder)).eval()
+    kinds = {type(m) for m in vae.decoder.modules()}
+    assert (torch.nn.ConvTranspose2d in kinds) == (decoder == "transpose") and (torch.nn.Upsample in kinds) == (decoder == "upsample")
     x = torch.rand(4, 1, 32, 32)
     recon, mu, logvar = vae(x)
     assert recon.shape == x.shape

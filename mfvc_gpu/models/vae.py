@@ -52,13 +52,15 @@ class Encoder(nn.Module):
         return self.fc_mu(fused), self.fc_logvar(fused)
 
 
-def up_block(c_in: int, c_out: int) -> nn.Sequential:
-    """Transposed convolution that doubles the spatial size, BN, LeakyReLU."""
-    return nn.Sequential(
-        nn.ConvTranspose2d(c_in, c_out, 4, stride=2, padding=1, bias=False),
-        nn.BatchNorm2d(c_out),
-        nn.LeakyReLU(0.2),
-    )
+def up_block(c_in: int, c_out: int, kind: str = "transpose") -> nn.Sequential:
+    """Double the spatial size (a transposed convolution, or nearest upsampling + convolution), BN, LeakyReLU."""
+    if kind == "upsample":
+        up = [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(c_in, c_out, 3, padding=1, bias=False)]
+    elif kind == "transpose":
+        up = [nn.ConvTranspose2d(c_in, c_out, 4, stride=2, padding=1, bias=False)]
+    else:
+        raise ValueError(f"decoder={kind!r}: must be 'transpose' or 'upsample'")
+    return nn.Sequential(*up, nn.BatchNorm2d(c_out), nn.LeakyReLU(0.2))
 
 
 class Decoder(nn.Module):
@@ -69,7 +71,7 @@ class Decoder(nn.Module):
         self.start = cfg.image_size // 2 ** len(CHANNELS)
         self.fc = nn.Linear(cfg.latent_dim, CHANNELS[-1] * self.start**2)
         rev = CHANNELS[::-1]
-        self.ups = nn.Sequential(*(up_block(i, o) for i, o in zip(rev, rev[1:] + (rev[-1],))))
+        self.ups = nn.Sequential(*(up_block(i, o, cfg.decoder) for i, o in zip(rev, rev[1:] + (rev[-1],))))
         self.out = nn.Conv2d(CHANNELS[0], cfg.in_channels, 3, padding=1)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
