@@ -239,6 +239,22 @@ def test_bench_times_torch_stages_with_thread_settings(tmp_path):
         assert float(r["images_per_s"]) == pytest.approx(int(r["n_samples"]) / float(r["seconds"]))
 
 
+def test_encode_sizes_beyond_the_data_set_repeat_its_images_and_respect_the_cpu_cap(tmp_path):
+    out = tmp_path / "res"
+    rc = main(["bench", "--stages", "encode", "--dataset", "digits", "--image-sizes", "40", "--encode-sizes", "2k,3k",
+               "--cpu-max-n", "2500", "--warmup", "0", "--out", str(out), "--no-progress"])
+    assert rc == 0
+    with open(out / "bench.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r["backend"] == "cpu"]
+    by_n = {(r["n_samples"], r["status"]) for r in rows}
+    assert by_n == {("40", "ok"), ("2000", "ok"), ("3000", "skipped")}  # digits has 1797 images: repeated
+    big = [r for r in rows if r["n_samples"] == "2000"]
+    assert len(big) == 3 and all(r["dataset"].endswith("repeated to 2000") for r in big)
+    assert all(float(r["images_per_s"]) == pytest.approx(2000 / float(r["seconds"])) for r in big)
+    (skipped,) = [r for r in rows if r["n_samples"] == "3000"]
+    assert "above --cpu-max-n 2500" in skipped["note"]
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--repeats", "2"], "at least 3"),
     (["--sizes", "abc"], "not a size"),

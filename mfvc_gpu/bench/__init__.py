@@ -1,7 +1,7 @@
 """Time every stage, GPU (cuML) against CPU (umap-learn / scikit-learn), on the same data in one run.
 
     mfvc-gpu bench --quick                    # the default: small sizes, <= 10 minutes on a 2-core CPU
-    mfvc-gpu bench --full                     # for a GPU machine: 10k / 70k images, latents up to 1M
+    mfvc-gpu bench --full                     # for a GPU machine: 10k / 70k images, encode of 1M, latents up to 1M
     mfvc-gpu bench --stages umap,kmeans --sizes 10k,100k,1M
 
 Writes OUT/bench.csv (one row per stage, backend, setting, n, rep), OUT/bench.md (medians,
@@ -37,6 +37,7 @@ PRESETS = {
                       variant_size=5000, umap_cpu_max_n=None, epochs=1,
                       train_step_batches=(64,), train_step_rounds=3, train_step_steps=10),
     "full": Settings(sizes=(10_000, 30_000, 70_000, 100_000, 300_000, 1_000_000), image_sizes=(10_000, 70_000),
+                     encode_sizes=(1_000_000,),
                      datasets=("mnist", "fashion-mnist"), train_subset=None, variant_size=70_000,
                      umap_cpu_max_n=100_000, epochs=2),
 }
@@ -64,16 +65,20 @@ def parse_sizes(text: str, flag: str = "--sizes") -> tuple[int, ...]:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_true", help="small sizes, <= 10 minutes on a 2-core CPU (default)")
-    mode.add_argument("--full", action="store_true", help="10k and 70k images, synthetic latents up to 1M (for a GPU machine)")
+    mode.add_argument("--full", action="store_true", help="10k and 70k images, encode of 1M, synthetic latents up to 1M "
+                                                          "(for a GPU machine)")
     p.add_argument("--stages", help=f"comma-separated subset of {','.join(STAGES)} (default: all)")
     p.add_argument("--sizes", help="n of the synthetic-latent stages (handoff, umap, kmeans, metrics), e.g. 10k,100k,1M")
     p.add_argument("--image-sizes", help="n of the real-image stages (train, encode, end_to_end), e.g. 10k,70k")
+    p.add_argument("--encode-sizes", help="extra n of the encode stage, beyond the data set (its images repeated to n), "
+                                          "e.g. 1M (default quick: none, full: 1M)")
     p.add_argument("--dataset", help="comma-separated image data sets (default quick: mnist; full: mnist,fashion-mnist); "
                                      "end_to_end runs on each, load/train/encode on the first")
     p.add_argument("--repeats", type=int, default=MIN_REPEATS, help=f"timed calls per case, >= {MIN_REPEATS} (default {MIN_REPEATS})")
     p.add_argument("--warmup", type=int, default=1, help="untimed calls per setting before its first size (default 1)")
     p.add_argument("--epochs", type=int, help="training epochs of the end_to_end stage (default quick 1, full 2)")
-    p.add_argument("--cpu-max-n", type=int, help="largest n for CPU UMAP and CPU end_to_end rows (default quick: none, full: 100000)")
+    p.add_argument("--cpu-max-n", type=int, help="largest n for CPU UMAP, CPU end_to_end and --encode-sizes CPU rows "
+                                                 "(default quick: none, full: 100000)")
     p.add_argument("--train-subset", type=int, help="images per timed training epoch (default quick 256, full: all)")
     p.add_argument("--train-step-batches", help="batch sizes of the train_step race (default quick 64, full 64,256)")
     p.add_argument("--train-step-rounds", type=int, help="turns each train_step variant takes (default quick 3, full 5)")
@@ -102,6 +107,8 @@ def settings_from_args(a: argparse.Namespace) -> tuple[str, Settings]:
         changes["sizes"] = parse_sizes(a.sizes)
     if a.image_sizes:
         changes["image_sizes"] = parse_sizes(a.image_sizes, "--image-sizes")
+    if a.encode_sizes:
+        changes["encode_sizes"] = parse_sizes(a.encode_sizes, "--encode-sizes")
     if a.dataset:
         changes["datasets"] = tuple(x.strip() for x in a.dataset.split(",") if x.strip())
     if a.train_step_batches:
@@ -116,7 +123,7 @@ def settings_from_args(a: argparse.Namespace) -> tuple[str, Settings]:
 def command_line(a: argparse.Namespace, preset: str) -> str:
     """The command as a user would type it (only the options that were given)."""
     parts = ["mfvc-gpu", "bench", f"--{preset}"]
-    for flag in ("stages", "sizes", "image_sizes", "dataset", "epochs", "cpu_max_n", "train_subset", "data_dir",
+    for flag in ("stages", "sizes", "image_sizes", "encode_sizes", "dataset", "epochs", "cpu_max_n", "train_subset", "data_dir",
                  "train_step_batches", "train_step_rounds", "train_step_steps"):
         v = getattr(a, flag)
         if v is not None:

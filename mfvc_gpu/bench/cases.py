@@ -91,11 +91,12 @@ class Settings:
     stages: tuple[str, ...] = STAGES
     sizes: tuple[int, ...] = (1000, 2000, 5000)  # synthetic stages: handoff, umap, kmeans, metrics
     image_sizes: tuple[int, ...] = (1000,)  # real-image stages: train, encode, end_to_end
+    encode_sizes: tuple[int, ...] = ()  # encode only, beyond the data set: its images repeated to n
     datasets: tuple[str, ...] = ("mnist",)  # end_to_end runs on each; the others on the first
     data_dir: str | None = None
     train_subset: int | None = 1000  # at most this many images per training epoch
     variant_size: int | None = 2000  # the size at which non-default settings run (closest of sizes)
-    umap_cpu_max_n: int | None = None  # above this, CPU UMAP (and CPU end_to_end) rows are skipped
+    umap_cpu_max_n: int | None = None  # above this, CPU UMAP, CPU end_to_end and large CPU encode rows are skipped
     epochs: int = 1  # end_to_end training epochs
     trust_sample: int = 2000  # points scored by trustworthiness
     seed: int = 0

@@ -226,6 +226,34 @@ class Bench:
             return dict(run=lambda: encode(model, x, torch.device(device)), note="untrained weights (time does not depend on them)")
 
         yield from self._torch_cases("encode", make_run)
+        yield from self._large_encode(make_run)
+
+    def _large_encode(self, make_run):
+        """Encode at ``encode_sizes``: the data set's images repeated to n, streamed from uint8 storage
+        (CPU rows up to ``umap_cpu_max_n``, GPU rows where there is a GPU)."""
+        name, cap = self.s.datasets[0], self.s.umap_cpu_max_n
+        for n in self.s.encode_sizes:
+            try:
+                x, _, label, _ = self._images(name, n)
+            except MFVCError as exc:
+                yield self._skip_images("encode", exc)
+                return
+            if n > len(x):
+                x = np.resize(x, (n, *x.shape[1:]))  # repeats the images, still uint8
+                label = f"{label} repeated to {n}"
+            per_s = lambda _out, sec, n=n: {"images_per_s": n / sec}  # noqa: E731
+            t = self._torch_threads()[0]
+            if cap is None or n <= cap:
+                yield Case("encode", "cpu", "cpu", "torch", n, IMAGE_FEATURES, label, f"torch_threads={t}", threads=t,
+                           score=per_s, **make_run(x, "cpu"))
+            else:
+                yield Case("encode", "cpu", "cpu", "torch", n, IMAGE_FEATURES, label, f"torch_threads={t}", status="skipped",
+                           note=f"above --cpu-max-n {cap}: raise it to time the CPU at this size")
+            if self.gpu.device:
+                yield Case("encode", "gpu", self.gpu.device, "torch", n, IMAGE_FEATURES, label, score=per_s,
+                           **make_run(x, self.gpu.device))
+            else:
+                yield self._unavailable("encode", n, IMAGE_FEATURES, self.gpu.torch_note, label, "torch")
 
     def _handoff(self):
         import torch
