@@ -2,7 +2,7 @@
 
 Every failure ends with one line on stderr, never a traceback: exit status 2 for what the user
 can fix (a bad setting or file, a full or read-only disk, a diverging loss), 130 for Ctrl-C and
-SIGTERM (a cluster run then continues with ``--resume``), 1 for an unexpected error (``-v``
+143 for SIGTERM (128 + the signal, as a shell reports them; a cluster run then continues with ``--resume``), 1 for an unexpected error (``-v``
 shows its traceback).
 """
 
@@ -59,14 +59,15 @@ def _flag_type(param):
     return convert
 
 
-def add_param_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per setting of the table (``cli=True``), grouped by stage. Every flag defaults to
-    None, "not given": the value then comes from ``--config``, else from the table's default."""
+def add_param_flags(parser: argparse.ArgumentParser, only=None) -> None:
+    """One flag per setting of the table (``cli=True``; ``only(param)`` narrows them), grouped by
+    stage. Every flag defaults to None, "not given": the value then comes from ``--config``, else
+    from the table's default."""
     from .params import PARAMS
 
     groups: dict[str, argparse._ArgumentGroup] = {}
     for p in PARAMS:
-        if not p.cli:
+        if not p.cli or (only is not None and not only(p)):
             continue
         group = groups.setdefault(p.stage, parser.add_argument_group(f"{p.stage} settings"))
         flags = [p.flag] + ["--" + a.replace("_", "-") for a in p.aliases]
@@ -273,7 +274,7 @@ def _show_warnings(caught: list[warnings.WarningMessage]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command; every failure ends with one line on stderr: exit status 2 for what the user
-    can fix (``MFVCError``, a file-system error, a diverging loss, memory), 130 for Ctrl-C or SIGTERM,
+    can fix (``MFVCError``, a file-system error, a diverging loss, memory), 130 for Ctrl-C, 143 for SIGTERM,
     1 for an unexpected error (``-v`` shows its traceback). The libraries' Python warnings are held
     while the command runs and printed one line each when it succeeds (live with ``-v``)."""
     from .fileio import os_error
@@ -295,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
         return status
     except KeyboardInterrupt as exc:
         print(f"mfvc-gpu: {_interrupted_message(getattr(args, 'command', None), exc)}", file=sys.stderr)
-        return 130
+        return 128 + (signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT)
     except MFVCError as exc:
         print(f"mfvc-gpu: error: {one_line(exc)}", file=sys.stderr)
         return 2

@@ -231,3 +231,17 @@ def test_a_stuck_stage_times_out_instead_of_hanging(client):
     with pytest.raises(MFVCError, match="the slow stage did not finish within 2 s"):
         run_on_partitions(client, "slow", slow, parts, timeout=2)
     assert time.perf_counter() - t0 < 5
+
+
+def test_ddp_takes_the_network_and_training_flags_from_the_settings_table():
+    from mfvc_gpu.distributed.ddp import build_parser, given_settings
+    from mfvc_gpu.params import stage_params
+
+    args = build_parser().parse_args(["--out", "x", "--latent-dim", "8", "--decoder", "upsample", "--no-amp",
+                                      "--weight-decay", "0", "--batch-size", "16"])
+    assert given_settings(args, "network") == {"latent_dim": 8, "decoder": "upsample"}
+    assert given_settings(args, "train") == {"amp": False, "weight_decay": 0.0, "batch_size": 16}
+    for stage in ("network", "train"):  # every setting of both stages has its flag, none declared twice
+        assert all(hasattr(args, p.name) for p in stage_params(stage))
+    with pytest.raises(MFVCError, match=r"beta=-1.0 is invalid: must be"):  # the table's range
+        given_settings(build_parser().parse_args(["--out", "x", "--beta", "-1"]), "network")

@@ -34,6 +34,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
+from ..cli import add_param_flags
 from ..errors import MFVCError
 from ..fileio import atomic_path, make_dirs, write_json
 
@@ -68,6 +69,13 @@ def _checksum(model: torch.nn.Module) -> float:
     return float(sum(p.detach().double().sum().item() for p in model.parameters()))
 
 
+def given_settings(args: argparse.Namespace, stage: str) -> dict:
+    """The ``stage`` settings given as flags (checked against the table), as dataclass fields."""
+    from ..params import stage_params
+
+    return {p.field_name: p.check(getattr(args, p.name)) for p in stage_params(stage) if getattr(args, p.name, None) is not None}
+
+
 def train_ddp(args: argparse.Namespace) -> dict | None:
     """One process of a torchrun job: train its replica, and (rank 0) write the weights."""
     from ..config import PROFILES, profile_for
@@ -91,10 +99,10 @@ def train_ddp(args: argparse.Namespace) -> dict | None:
         ds = load_dataset(args.dataset, args.split, args.data_dir)
         images = ds.images[: args.limit] if args.limit else ds.images
         share = images[shard_indices(len(images), rank, world, args.seed)]
-        base = PROFILES[profile_for(args.profile, device.type)]
-        cfg = TrainConfig(**{k: getattr(args, k) or v for k, v in base.items()})
+        base = PROFILES[profile_for(args.profile or "auto", device.type)]
+        cfg = TrainConfig(**(base | given_settings(args, "train")))
         torch.manual_seed(args.seed)  # the same initial weights everywhere (DDP also broadcasts rank 0's)
-        net = BetaVAE(VAEConfig(latent_dim=args.latent_dim, beta=args.beta, attention=args.attention))
+        net = BetaVAE(VAEConfig(**given_settings(args, "network")))
         net.to(device, memory_format=torch.channels_last)
         model = _DDP(net, device_ids=[local_rank] if cuda else None)
         log.info("rank %d/%d: %d images on %s, %d epochs", rank, world, len(share), device, cfg.epochs)
@@ -132,18 +140,14 @@ def load_weights(folder: str | os.PathLike, device: str = "cpu"):
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="torchrun --nproc-per-node N -m mfvc_gpu.distributed.ddp",
-                                description="Train the MFVC β-VAE with DistributedDataParallel (one process per GPU).")
+                                description="Train the MFVC β-VAE with DistributedDataParallel (one process per GPU). "
+                                            "--batch-size is per process: one step sees WORLD × batch-size images.")
     p.add_argument("--dataset", default="mnist", help="a registry name or a path, as for 'mfvc-gpu cluster'")
     p.add_argument("--data-dir")
     p.add_argument("--split")
     p.add_argument("--limit", type=int, help="only the first N images (smoke tests)")
-    p.add_argument("--profile", default="auto", choices=["auto", "paper", "fast"])
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int, help="images per step on each process")
-    p.add_argument("--lr", type=float)
-    p.add_argument("--latent-dim", type=int, default=32)
-    p.add_argument("--beta", type=float, default=0.01)
-    p.add_argument("--attention", default="simam", choices=["simam", "cbam", "none"])
+    # the network and training settings, from the table (--batch-size is per process)
+    add_param_flags(p, only=lambda q: q.stage in ("network", "train") and (q.field_name is not None or q.name == "profile"))
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--backend", choices=["nccl", "gloo"], help="default: nccl on CUDA, gloo on the CPU")
     p.add_argument("--cpu", action="store_true", help="train on the CPU even where CUDA is available")
