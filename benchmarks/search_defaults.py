@@ -53,6 +53,10 @@ POINTS: dict[str, tuple[str, dict]] = {
     "min_dist=0.1": ("manifold", {"min_dist": 0.1}),
     "gmm": ("manifold", {"cluster": "gmm"}),
     "nn=15+gmm": ("manifold", {"n_neighbors": 15, "cluster": "gmm"}),
+    "cosine+nn=15": ("manifold", {"metric": "cosine", "n_neighbors": 15}),
+    "cosine+nn=50": ("manifold", {"metric": "cosine", "n_neighbors": 50}),
+    "cosine+gmm": ("manifold", {"metric": "cosine", "cluster": "gmm"}),
+    "n_init=50": ("manifold", {"n_init": 50}),
 }
 DATASETS = ("fashion-mnist-test", "mnist-test")
 COLUMNS = ("grid", "point", "dataset", "seed", "status", "acc", "nmi", "ari", "purity", "train_s", "manifold_s",
