@@ -192,17 +192,27 @@ class Bench:
                 continue
             first = not seen
             seen.add(m)
-            per_s = lambda _out, sec, m=m: {"images_per_s": m / sec}  # noqa: E731
             threads = self._torch_threads()
-            for t in threads if first else threads[:1]:
+            yield from self._size_cases(stage, x, label, make_run, threads if first else threads[:1])
+
+    def _size_cases(self, stage: str, x, label: str, make_run, threads: list[int], cpu_note: str | None = None):
+        """The cases of a torch stage on one image stack: CPU with each of ``threads`` (or, with
+        ``cpu_note``, one skipped CPU row saying why), then GPU (or its unavailable row)."""
+        m = len(x)
+        per_s = lambda _out, sec, m=m: {"images_per_s": m / sec}  # noqa: E731
+        gpu_variant = "amp=bf16" if stage == "train" else "default"
+        if cpu_note is not None:
+            yield Case(stage, "cpu", "cpu", "torch", m, IMAGE_FEATURES, label, f"torch_threads={threads[0]}", status="skipped",
+                       note=cpu_note)
+        else:
+            for t in threads:
                 yield Case(stage, "cpu", "cpu", "torch", m, IMAGE_FEATURES, label, f"torch_threads={t}", t == threads[0],
                            threads=t, score=per_s, **make_run(x, "cpu"))
-            if self.gpu.device:
-                yield Case(stage, "gpu", self.gpu.device, "torch", m, IMAGE_FEATURES, label,
-                           "amp=bf16" if stage == "train" else "default", score=per_s, **make_run(x, self.gpu.device))
-            else:
-                yield self._unavailable(stage, m, IMAGE_FEATURES, self.gpu.torch_note, label, "torch",
-                                        "amp=bf16" if stage == "train" else "default")
+        if self.gpu.device:
+            yield Case(stage, "gpu", self.gpu.device, "torch", m, IMAGE_FEATURES, label, gpu_variant, score=per_s,
+                       **make_run(x, self.gpu.device))
+        else:
+            yield self._unavailable(stage, m, IMAGE_FEATURES, self.gpu.torch_note, label, "torch", gpu_variant)
 
     def _train(self):
         import torch
@@ -241,19 +251,8 @@ class Bench:
             if n > len(x):
                 x = np.resize(x, (n, *x.shape[1:]))  # repeats the images, still uint8
                 label = f"{label} repeated to {n}"
-            per_s = lambda _out, sec, n=n: {"images_per_s": n / sec}  # noqa: E731
-            t = self._torch_threads()[0]
-            if cap is None or n <= cap:
-                yield Case("encode", "cpu", "cpu", "torch", n, IMAGE_FEATURES, label, f"torch_threads={t}", threads=t,
-                           score=per_s, **make_run(x, "cpu"))
-            else:
-                yield Case("encode", "cpu", "cpu", "torch", n, IMAGE_FEATURES, label, f"torch_threads={t}", status="skipped",
-                           note=f"above --cpu-max-n {cap}: raise it to time the CPU at this size")
-            if self.gpu.device:
-                yield Case("encode", "gpu", self.gpu.device, "torch", n, IMAGE_FEATURES, label, score=per_s,
-                           **make_run(x, self.gpu.device))
-            else:
-                yield self._unavailable("encode", n, IMAGE_FEATURES, self.gpu.torch_note, label, "torch")
+            note = None if cap is None or n <= cap else f"above --cpu-max-n {cap}: raise it to time the CPU at this size"
+            yield from self._size_cases("encode", x, label, make_run, self._torch_threads()[:1], note)
 
     def _handoff(self):
         import torch
