@@ -84,8 +84,7 @@ def row_of(runner, grid: str, name: str, changes: dict, dataset: str, seed: int,
     """One tidy CSV row: the point's effective settings (defaults filled in) and its scores."""
     from mfvc_gpu.config import PROFILES
 
-    eff = dict(runner.defaults, **{k: v for k, v in PROFILES[runner.profile].items()}) | changes
-    eff["epochs"] = runner.epochs
+    eff = runner.defaults | PROFILES[runner.profile] | changes | {"epochs": runner.epochs}
     row = {k: eff.get(k) for k in COLUMNS if k in eff}
     row.update(grid=grid, point=name, dataset=dataset, seed=seed, status=rec["status"])
     if rec["status"] == "ok":
@@ -97,7 +96,7 @@ def row_of(runner, grid: str, name: str, changes: dict, dataset: str, seed: int,
     return row
 
 
-def summary_lines(rows: list[dict], seeds: list[int]) -> list[str]:
+def summary_lines(rows: list[dict]) -> list[str]:
     """Markdown: per point and data set, mean ± std of ACC and NMI over the seeds that finished, seconds."""
     def ms(vals):
         if not vals:
@@ -131,13 +130,13 @@ def confusion_lines(runner, v, dataset: str, seed: int) -> list[str]:
     return out
 
 
-def write_outputs(out: Path, rows: list[dict], seeds: list[int], command: str) -> None:
+def write_outputs(out: Path, rows: list[dict], command: str) -> None:
     from mfvc_gpu.bench.report import write_atomic, write_csv
 
     folder = out / "search"
     folder.mkdir(parents=True, exist_ok=True)
     write_csv(rows, folder / "search.csv", COLUMNS)
-    text = [f"# Search of the defaults\n\n`{command}`\n", *summary_lines(rows, seeds), ""]
+    text = [f"# Search of the defaults\n\n`{command}`\n", *summary_lines(rows), ""]
     write_atomic(folder / "search.md", "\n".join(text))
 
 
@@ -155,6 +154,7 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
 
+    from mfvc_gpu.bench.report import write_atomic
     from mfvc_gpu.errors import MFVCError
     from mfvc_gpu.reproduce.runner import Runner
     from mfvc_gpu.reproduce.variants import DatasetUnavailable
@@ -192,11 +192,9 @@ def main(argv=None) -> int:
                              f"{r['acc']:.4f}" if r.get("acc") is not None else "—",
                              f"{r['nmi']:.4f}" if r.get("nmi") is not None else "—",
                              "cached" if rec.get("cached") else "computed", time.perf_counter() - t0)
-                    write_outputs(a.out, rows, a.seeds, command)
+                    write_outputs(a.out, rows, command)
                     if a.confusion and rec["status"] == "ok":  # the data set loaded above, or raises DatasetUnavailable
                         lines = [f"# {name}, {ds}, seed {seed}: ACC {r['acc']:.4f}\n", *confusion_lines(runner, v, ds, seed), ""]
-                        from mfvc_gpu.bench.report import write_atomic
-
                         write_atomic(a.out / "search" / f"confusion-{name}-{ds}-seed{seed}.md", "\n".join(lines))
                         print("\n".join(lines))
     except KeyboardInterrupt:
@@ -205,8 +203,8 @@ def main(argv=None) -> int:
     except (MFVCError, DatasetUnavailable) as exc:
         print(f"search_defaults: {exc}", file=sys.stderr)
         return 1
-    write_outputs(a.out, rows, a.seeds, command)
-    print("\n".join(summary_lines(rows, a.seeds)))
+    write_outputs(a.out, rows, command)
+    print("\n".join(summary_lines(rows)))
     if missing:
         print(f"{missing} run(s) of these points are not in the cache yet (run without --report-only)")
     return 0
