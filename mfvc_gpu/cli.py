@@ -82,7 +82,7 @@ def add_param_flags(parser: argparse.ArgumentParser, only=None) -> None:
 
 def _add_cluster(sub) -> None:
     p = sub.add_parser("cluster", help="cluster a data set and write a run folder",
-                       description="Train the β-VAE, embed with UMAP, cluster with K-Means; write OUT/. "
+                       description="Train the β-VAE, embed with UMAP, cluster (K-Means, or the fast profile's Gaussian mixture); write OUT/. "
                                    "Every setting has a flag; --config starts from a config.yaml (flags win).")
     add_param_flags(p)
     a = p.add_argument
@@ -217,7 +217,7 @@ def _printing(command):
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
-    parser = _Parser(prog="mfvc-gpu", description="MFVC deep image clustering (β-VAE → UMAP → K-Means) on GPU or CPU")
+    parser = _Parser(prog="mfvc-gpu", description="MFVC deep image clustering (β-VAE → UMAP → K-Means or GMM) on GPU or CPU")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log every step")
     sub = parser.add_subparsers(dest="command", required=True)

@@ -19,8 +19,11 @@ import yaml
 from .errors import MFVCError
 from .params import ALIASES, BY_NAME, CONFIG_PARAMS, PROFILES, STAGES, stage_dataclass
 
-ManifoldConfig = stage_dataclass("ManifoldConfig", "manifold", "The manifold stage.", module=__name__)
-ClusterConfig = stage_dataclass("ClusterConfig", "cluster", "The clustering stage.", module=__name__)
+# A stage config holds resolved values: a setting that defaults to its profile's defaults here to the paper's.
+ManifoldConfig = stage_dataclass("ManifoldConfig", "manifold", "The manifold stage.", defaults=PROFILES["paper"],
+                                 module=__name__)
+ClusterConfig = stage_dataclass("ClusterConfig", "cluster", "The clustering stage.", defaults=PROFILES["paper"],
+                                module=__name__)
 
 
 def profile_for(profile: str, device_type: str) -> str:
@@ -30,6 +33,13 @@ def profile_for(profile: str, device_type: str) -> str:
     if profile not in PROFILES:
         raise MFVCError(f"profile={profile!r} is invalid: must be one of auto, {', '.join(PROFILES)}")
     return profile
+
+
+def with_profile(settings: dict, profile: str, kmeans_only: bool = False) -> dict:
+    """``settings`` with every None that ``profile`` has a value for replaced by it; ``kmeans_only``
+    (no manifold stage, choosing K, the Dask path): a clusterer left to the profile is K-Means."""
+    own = PROFILES[profile] | ({"cluster": "kmeans"} if kmeans_only else {})
+    return {k: own[k] if v is None and k in own else v for k, v in settings.items()}
 
 
 def _run_config_class() -> type:
@@ -133,4 +143,4 @@ def _from_yaml(cls, path: Path):
 RunConfig = _run_config_class()
 RunConfig.__module__ = __name__
 
-__all__ = ["PROFILES", "ManifoldConfig", "ClusterConfig", "RunConfig", "profile_for", "replace"]
+__all__ = ["PROFILES", "ManifoldConfig", "ClusterConfig", "RunConfig", "profile_for", "with_profile", "replace"]

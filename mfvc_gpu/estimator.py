@@ -1,4 +1,4 @@
-"""The MFVC estimator: β-VAE features → UMAP → K-Means, on scikit-learn's estimator contract.
+"""The MFVC estimator: β-VAE features → UMAP → K-Means or a Gaussian mixture, on scikit-learn's estimator contract.
 
 Its parameters are the estimator rows of :data:`mfvc_gpu.params.PARAMS`: the signature, the
 defaults, the validation and the ``Parameters`` section below all come from that table.
@@ -21,11 +21,11 @@ from sklearn.utils.validation import check_is_fitted
 
 from . import backends
 from .backends import interop
-from .config import ClusterConfig, ManifoldConfig, profile_for
+from .config import ClusterConfig, ManifoldConfig, profile_for, with_profile
 from .data.loading import to_images, unit_float
 from .errors import MFVCError
 from .models import BetaVAE, VAEConfig
-from .params import BY_NAME, ESTIMATOR_PARAMS, PROFILES, params_docstring, stage_params
+from .params import BY_NAME, ESTIMATOR_PARAMS, params_docstring, stage_params
 from .train import TrainConfig, encode, train_vae
 
 log = logging.getLogger(__name__)
@@ -85,7 +85,7 @@ class MFVC(ClusterMixin, TransformerMixin, BaseEstimator):
         if self.n_clusters is None:
             raise MFVCError("n_clusters=None: give the number of clusters, or 'auto'")
         if self.n_clusters == "auto":
-            if self.cluster != "kmeans":
+            if self.cluster not in (None, "kmeans"):
                 raise MFVCError(f"n_clusters='auto' chooses K for K-Means; cluster={self.cluster!r} needs a number")
             if self.k_min > self.k_max or self.k_max >= n_samples:
                 raise MFVCError(f"k_min={self.k_min}, k_max={self.k_max}: need k_min <= k_max < {n_samples} (the samples)")
@@ -96,18 +96,19 @@ class MFVC(ClusterMixin, TransformerMixin, BaseEstimator):
         if self.manifold != "none" and self.n_components is not None and self.n_components >= n_samples - 1:
             raise MFVCError(f"n_components={self.n_components} must be well below the number of samples ({n_samples})")
 
-    def _stage_configs(self, device_type: str) -> dict:
-        """The resolved profile and the stage dataclasses this fit uses."""
+    def _stage_configs(self, device_type: str, kmeans_only: bool = False) -> dict:
+        """The resolved profile and the stage dataclasses this fit uses (None: the profile's value)."""
         profile = profile_for(self.profile, device_type)
-        chosen = {p.name: getattr(self, p.name) for p in stage_params("train")}
-        train = TrainConfig(**{k: (PROFILES[profile][k] if v is None and k in PROFILES[profile] else v) for k, v in chosen.items()})
-        stage = {s: {p.field_name: getattr(self, p.name) for p in stage_params(s)} for s in ("network", "manifold", "cluster")}
-        return dict(profile=profile, train=train, vae=VAEConfig(**stage["network"]),
+        kmeans_only = kmeans_only or self.n_clusters == "auto" or self.manifold == "none"
+        stages = ("network", "train", "manifold", "cluster")
+        chosen = with_profile({p.name: getattr(self, p.name) for s in stages for p in stage_params(s)}, profile, kmeans_only)
+        stage = {s: {p.field_name: chosen[p.name] for p in stage_params(s)} for s in stages}
+        return dict(profile=profile, train=TrainConfig(**stage["train"]), vae=VAEConfig(**stage["network"]),
                     manifold=ManifoldConfig(**stage["manifold"]), cluster=ClusterConfig(**stage["cluster"]))
 
-    def _settle(self, device_type: str) -> None:
+    def _settle(self, device_type: str, kmeans_only: bool = False) -> None:
         """Record the resolved settings of this fit: profile, stage configs, seed."""
-        cfg = self._stage_configs(device_type)
+        cfg = self._stage_configs(device_type, kmeans_only)
         self.profile_, self.train_config_, self.vae_config_ = cfg["profile"], cfg["train"], cfg["vae"]
         self.manifold_config_, self.cluster_config_ = cfg["manifold"], cfg["cluster"]
         self.seed_ = self._seed()
@@ -144,6 +145,7 @@ class MFVC(ClusterMixin, TransformerMixin, BaseEstimator):
         check_is_fitted(self, "labels_")
         t = self.train_config_
         return dict(self.get_params(), profile=self.profile_, epochs=t.epochs, batch_size=t.batch_size, lr=t.lr,
+                    metric=self.manifold_config_.metric, cluster=self.cluster_config_.method,
                     device=self.device_, backend=self.backend_, random_state=self.seed_)
 
     # ------------------------------------------------------------------ input
@@ -330,7 +332,7 @@ class MFVC(ClusterMixin, TransformerMixin, BaseEstimator):
 
     def predict(self, X) -> np.ndarray:
         """Cluster labels of ``X``: training points get ``labels_``; new points go encoder →
-        UMAP transform → the fitted K-Means (or GMM)."""
+        UMAP transform → the fitted K-Means or Gaussian mixture."""
         return self.transform_predict(X)[1]
 
     # ------------------------------------------------------------------ persistence
@@ -349,6 +351,11 @@ class MFVC(ClusterMixin, TransformerMixin, BaseEstimator):
 
 
 MFVC.__doc__ = f"""Deep image clustering: β-VAE (Res-VAE-Blocks, SimAM, early fusion) → UMAP → K-Means.
+
+The ``paper`` profile (the default on CUDA) is the paper's protocol: 200 epochs, UMAP on Euclidean
+distances, K-Means. The ``fast`` profile (the default on the CPU) trains 30 epochs and clusters
+with UMAP on cosine distances and a Gaussian mixture, which the search of the defaults chose
+(docs/RESULTS.md). ``metric`` and ``cluster`` left at None take the profile's.
 
 {params_docstring()}
 

@@ -113,3 +113,48 @@ def test_a_grouped_config_is_used_by_the_run_and_recorded(tmp_path, digits, caps
     est = MFVC.load(out / "model")
     est._embed(est.latent_[:1] + 1.0)  # a new point: the manifold is rebuilt from the saved settings
     assert est.manifold_model_.metric == "cosine"
+
+
+def test_metric_and_clusterer_left_to_the_profile_take_its_values():
+    """paper: the paper's Euclidean UMAP and K-Means; fast: cosine and a Gaussian mixture (the search's
+    choice); K-Means wherever only K-Means works; an explicit choice wins."""
+    from mfvc_gpu.config import PROFILES
+
+    def resolved(est, device_type, **kw):
+        cfg = est._stage_configs(device_type, **kw)
+        return cfg["profile"], cfg["manifold"].metric, cfg["cluster"].method
+
+    assert resolved(MFVC(), "cuda") == ("paper", "euclidean", "kmeans")
+    assert resolved(MFVC(), "cpu") == ("fast", "cosine", "gmm")
+    assert resolved(MFVC(profile="paper"), "cpu") == ("paper", "euclidean", "kmeans")
+    assert resolved(MFVC(n_clusters="auto"), "cpu") == ("fast", "cosine", "kmeans")
+    assert resolved(MFVC(), "cpu", kmeans_only=True) == ("fast", "cosine", "kmeans")
+    assert resolved(MFVC(metric="manhattan", cluster="dbscan"), "cpu") == ("fast", "manhattan", "dbscan")
+    assert {k: PROFILES["paper"][k] for k in ("metric", "cluster")} == {"metric": "euclidean", "cluster": "kmeans"}
+    with pytest.raises(MFVCError, match="n_clusters='auto' chooses K for K-Means; cluster='gmm' needs a number"):
+        MFVC(n_clusters="auto", cluster="gmm")._validate(1000)
+
+
+def test_a_run_records_the_metric_and_clusterer_it_used():
+    rng = np.random.default_rng(0)
+    Z = np.concatenate([rng.normal(c, 0.3, size=(60, 4)) for c in (0.0, 3.0, 6.0)]).astype(np.float32)
+    est = MFVC(encoder="none", n_clusters=3, device="cpu", backend="cpu", n_neighbors=10, random_state=0).fit(Z)
+    ran = est.resolved_params()
+    assert (ran["profile"], ran["metric"], ran["cluster"]) == ("fast", "cosine", "gmm")
+    assert type(est.cluster_model_).__name__ == "GaussianMixture" and est.cluster_model_.n_init == 10
+    assert MFVC(**ran).get_params()["cluster"] == "gmm"  # fed back, it reproduces the fit's choice
+
+
+def test_a_mixture_that_cannot_be_fitted_is_one_clear_error(monkeypatch):
+    from sklearn.mixture import GaussianMixture
+
+    from mfvc_gpu.backends.cpu import CPUBackend
+    from mfvc_gpu.config import ClusterConfig
+
+    def ill(self, X, y=None):
+        raise ValueError("Fitting the mixture model failed because some components have ill-defined empirical covariance. Try")
+
+    monkeypatch.setattr(GaussianMixture, "fit_predict", ill)
+    with pytest.raises(MFVCError, match=r"the Gaussian mixture could not be fitted to the 30 embedded points: Fitting the "
+                                        r"mixture model failed .*; use cluster='kmeans' \(--cluster kmeans\), or fewer clusters"):
+        CPUBackend().fit_cluster(np.zeros((30, 2), np.float32), ClusterConfig(method="gmm"), 3, 0)

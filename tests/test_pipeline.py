@@ -11,7 +11,7 @@ from mfvc_gpu.metrics import cluster_acc
 
 @pytest.fixture(scope="module")
 def fitted(digits):
-    """A quick MFVC on 400 digits: 2 epochs, then UMAP + K-Means."""
+    """A quick MFVC on 400 digits: 2 epochs, then UMAP and the fast profile's Gaussian mixture."""
     est = MFVC(n_clusters=10, epochs=2, batch_size=64, latent_dim=8, random_state=0, progress=False)
     return est.fit(digits.images[:400])
 
@@ -66,16 +66,16 @@ def test_fit_sets_the_fitted_state(fitted, digits):
 
 def test_pixel_baseline_on_digits(digits):
     """UMAP + K-Means on raw pixels: the known ≈0.8–0.9 ACC on digits."""
-    est = MFVC(n_clusters=10, encoder="none", random_state=0).fit(digits.images)
+    est = MFVC(n_clusters=10, encoder="none", metric="euclidean", cluster="kmeans", random_state=0).fit(digits.images)
     scores = evaluate(digits.labels, est.labels_)
     assert scores["acc"] > 0.75 and scores["nmi"] > 0.75
     assert est.model_ is None and "train" not in est.timings_
 
 
 def test_kmeans_on_pixels_is_worse_than_umap_kmeans(digits):
-    plain = MFVC(n_clusters=10, encoder="none", manifold="none").fit(digits.images)
+    plain = MFVC(n_clusters=10, encoder="none", manifold="none", cluster="kmeans").fit(digits.images)
     assert plain.embedding_.shape == (1797, 1024)
-    with_umap = MFVC(n_clusters=10, encoder="none").fit(digits.images)
+    with_umap = MFVC(n_clusters=10, encoder="none", cluster="kmeans").fit(digits.images)
     assert with_umap.embedding_.shape == (1797, 10)
     acc_plain, acc_umap = cluster_acc(digits.labels, plain.labels_), cluster_acc(digits.labels, with_umap.labels_)
     assert 0.4 < acc_plain < acc_umap - 0.05, (acc_plain, acc_umap)
@@ -105,7 +105,7 @@ def test_transform_and_predict_new_images(fitted, digits):
     pred = fitted.predict(digits.images[:400])
     np.testing.assert_array_equal(pred, fitted.labels_)  # the training images keep the labels of the fit
     np.testing.assert_array_equal(fitted.transform(digits.images[:400]), fitted.embedding_)
-    new = fitted.predict(digits.images[400:600])  # never seen: encoder → UMAP transform → K-Means
+    new = fitted.predict(digits.images[400:600])  # never seen: encoder → UMAP transform → the mixture
     assert new.shape == (200,) and cluster_acc(digits.labels[400:600], new) > 0.3
 
 
@@ -125,7 +125,9 @@ def test_save_load_round_trip_without_pickle(fitted, digits, tmp_path):
     assert torch.allclose(z_new, z_old, atol=1e-5)
     np.testing.assert_array_equal(loaded.predict(digits.images[:400]), fitted.labels_)  # the same model, no refit
     np.testing.assert_array_equal(loaded.predict(digits.images[400:500]), fitted.predict(digits.images[400:500]))
-    np.testing.assert_array_equal(loaded.cluster_model_.cluster_centers_, fitted.cluster_model_.cluster_centers_)
+    assert type(fitted.cluster_model_).__name__ == "GaussianMixture"  # the fast profile's clusterer
+    for attr in ("weights_", "means_", "covariances_", "precisions_cholesky_"):
+        np.testing.assert_array_equal(getattr(loaded.cluster_model_, attr), getattr(fitted.cluster_model_, attr))
     assert not list(tmp_path.glob(".model.*"))  # no temporary folder left behind
 
 

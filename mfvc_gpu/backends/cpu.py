@@ -66,14 +66,21 @@ class CPUBackend:
         elif cfg.method == "gmm":
             from sklearn.mixture import GaussianMixture
 
-            model = GaussianMixture(n_components=n_clusters, n_init=max(1, cfg.n_init // 5), random_state=seed)
+            model = GaussianMixture(n_components=n_clusters, n_init=cfg.n_init, random_state=seed)
+            u = np.asarray(u, dtype=np.float64)  # EM's covariances: float32 loses their positive definiteness on tight clumps
         elif cfg.method == "dbscan":
             from sklearn.cluster import DBSCAN
 
             model = DBSCAN(eps=cfg.eps, min_samples=cfg.min_samples)
         else:
             raise MFVCError(f"cluster={cfg.method!r} is not one of kmeans, dbscan, gmm")
-        labels = model.fit_predict(u)
+        try:
+            labels = model.fit_predict(u)
+        except ValueError as exc:
+            if cfg.method != "gmm":
+                raise
+            raise MFVCError(f"the Gaussian mixture could not be fitted to the {len(u)} embedded points: {str(exc).split('.')[0]}; "
+                            "use cluster='kmeans' (--cluster kmeans), or fewer clusters") from exc
         return model, np.asarray(labels, dtype=np.int64)
 
     def kmeans_from_centres(self, centres, seed: int):

@@ -79,6 +79,7 @@ def given_settings(args: argparse.Namespace, stage: str) -> dict:
 def train_ddp(args: argparse.Namespace) -> dict | None:
     """One process of a torchrun job: train its replica, and (rank 0) write the weights."""
     from ..config import PROFILES, profile_for
+    from ..params import stage_params
     from ..data.loading import load_dataset
     from ..models import BetaVAE, VAEConfig
     from ..train import TrainConfig, train_vae
@@ -99,7 +100,8 @@ def train_ddp(args: argparse.Namespace) -> dict | None:
         ds = load_dataset(args.dataset, args.split, args.data_dir)
         images = ds.images[: args.limit] if args.limit else ds.images
         share = images[shard_indices(len(images), rank, world, args.seed)]
-        base = PROFILES[profile_for(args.profile or "auto", device.type)]
+        profile = PROFILES[profile_for(args.profile or "auto", device.type)]
+        base = {p.name: profile[p.name] for p in stage_params("train") if p.name in profile}
         cfg = TrainConfig(**(base | given_settings(args, "train")))
         torch.manual_seed(args.seed)  # the same initial weights everywhere (DDP also broadcasts rank 0's)
         net = BetaVAE(VAEConfig(**given_settings(args, "network")))

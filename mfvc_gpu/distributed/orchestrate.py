@@ -60,7 +60,7 @@ def fit_distributed(est, X, cluster="local", n_workers: int | None = None, *, mo
     if est.n_clusters == "auto":
         raise MFVCError("n_clusters='auto': the Dask path needs a number of clusters; choose one (a run without Dask "
                         "on a sample can choose it for you)")
-    if est.cluster != "kmeans":
+    if est.cluster not in (None, "kmeans"):
         raise MFVCError(f"cluster={est.cluster!r}: the Dask path clusters with K-Means only; use kmeans or leave out --dask-cluster")
     if est.manifold not in ("umap", "none"):
         raise MFVCError(f"manifold={est.manifold!r}: the Dask path runs UMAP or no manifold stage; leave out --dask-cluster for {est.manifold}")
@@ -159,7 +159,7 @@ class _DaskFit:
         """Train in the client process (Dask is not a training engine), unless ``model`` is given."""
         est = self.est
         device = torch.device(backends.resolve(est.device, "cpu").device)
-        est._settle(device.type)
+        est._settle(device.type, kmeans_only=True)
         est.history_ = []
         if model is None and est.encoder == "vae":
             est._train(self.images, device, self.timings)

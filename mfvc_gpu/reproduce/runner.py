@@ -29,7 +29,7 @@ import torch
 from mfvc_gpu import MFVC, evaluate, load_dataset
 from mfvc_gpu.backends import resolve
 from mfvc_gpu import __version__
-from mfvc_gpu.config import PROFILES, profile_for
+from mfvc_gpu.config import PROFILES, profile_for, with_profile
 from mfvc_gpu.params import ESTIMATOR_PARAMS
 from mfvc_gpu.data.loading import Dataset
 from mfvc_gpu.data.registry import REGISTRY
@@ -141,7 +141,8 @@ class Runner:
         self.cache = Path(out) / "cache"
         self.data_dir, self.limit = data_dir, limit
         self.compute, self.retry_failed = compute, retry_failed
-        self.defaults = MFVC().get_params()
+        params = MFVC().get_params()  # the manifold and clustering settings left to the profile take its values
+        self.defaults = params | with_profile({k: params[k] for k in MANIFOLD_KEYS + CLUSTER_KEYS}, self.profile)
         self.hardware = hardware_summary(self.device)
         self._ds_name: str | None = None
         self._ds: Dataset | None = None
