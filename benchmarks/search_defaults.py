@@ -29,8 +29,10 @@ import sys
 import time
 from pathlib import Path
 
-# name -> (grid, changes); "default" is the package's defaults as they are now. Names hold no commas
-# (--points is a comma-separated list); "+" joins two changes.
+# name -> (grid, changes); "default" is the package's defaults as they are now (the fast profile).
+# A network point changes the defaults' network or training; a manifold point changes the paper's
+# UMAP and clustering settings (GRID_BASE) on the default network. Names hold no commas (--points is
+# a comma-separated list); "+" joins two changes.
 POINTS: dict[str, tuple[str, dict]] = {
     "default": ("network", {}),
     "beta=0.001": ("network", {"beta": 0.001}),
@@ -45,6 +47,7 @@ POINTS: dict[str, tuple[str, dict]] = {
     "epochs=20": ("network", {"epochs": 20}),
     "epochs=50": ("network", {"epochs": 50}),
     "float32": ("network", {"amp": False}),
+    "paper": ("manifold", {}),
     "nn=10": ("manifold", {"n_neighbors": 10}),
     "nn=15": ("manifold", {"n_neighbors": 15}),
     "nn=20": ("manifold", {"n_neighbors": 20}),
@@ -56,8 +59,15 @@ POINTS: dict[str, tuple[str, dict]] = {
     "cosine+nn=15": ("manifold", {"metric": "cosine", "n_neighbors": 15}),
     "cosine+nn=50": ("manifold", {"metric": "cosine", "n_neighbors": 50}),
     "cosine+gmm": ("manifold", {"metric": "cosine", "cluster": "gmm"}),
+    "cosine+gmm+n_init=2": ("manifold", {"metric": "cosine", "cluster": "gmm", "n_init": 2}),
+    "cosine+gmm+n_init=50": ("manifold", {"metric": "cosine", "cluster": "gmm", "n_init": 50}),
+    "cosine+gmm+nn=15": ("manifold", {"metric": "cosine", "cluster": "gmm", "n_neighbors": 15}),
     "n_init=50": ("manifold", {"n_init": 50}),
 }
+GRID_BASE = {"network": {}, "manifold": {"metric": "euclidean", "cluster": "kmeans"}}  # the paper's (PROFILES["paper"])
+# every network point also clustered the paper's way ("beta=0.1+paper"), as the search before the fast profile's clustering
+POINTS |= {f"{name}+paper": ("network", changes | GRID_BASE["manifold"]) for name, (grid, changes) in list(POINTS.items())
+           if grid == "network" and name != "default"}
 DATASETS = ("fashion-mnist-test", "mnist-test")
 COLUMNS = ("grid", "point", "dataset", "seed", "status", "acc", "nmi", "ari", "purity", "train_s", "manifold_s",
            "cluster_s", "total_s", "latent_dim", "beta", "decoder", "weight_decay", "batch_size", "lr", "epochs", "amp",
@@ -69,13 +79,19 @@ FASHION_CLASSES = ("T-shirt/top", "trouser", "pullover", "dress", "coat", "sanda
 log = logging.getLogger("search_defaults")
 
 
+def settings_of(grid: str, changes: dict) -> dict:
+    """What a point sets: its grid's base, then its changes."""
+    return GRID_BASE[grid] | changes
+
+
 def variant_of(name: str, changes: dict):
-    """The reproduction variant of a point: its network, manifold and cluster settings."""
+    """The reproduction variant of a point (``changes``: :func:`settings_of`): its network, manifold and
+    cluster settings; the rest are the package's defaults."""
     from mfvc_gpu.reproduce.runner import CLUSTER_KEYS, MANIFOLD_KEYS
     from mfvc_gpu.reproduce.variants import Variant
 
     manifold = {"manifold": "umap"} | {k: v for k, v in changes.items() if k in MANIFOLD_KEYS}
-    cluster = {"cluster": "kmeans"} | {k: v for k, v in changes.items() if k in CLUSTER_KEYS}
+    cluster = {k: v for k, v in changes.items() if k in CLUSTER_KEYS}
     network = {k: v for k, v in changes.items() if k not in manifold and k not in cluster and k != "epochs"}
     return Variant(f"search-{name}", name, network=network, manifold=manifold, cluster=cluster)
 
@@ -171,6 +187,7 @@ def main(argv=None) -> int:
     try:
         for name in names:
             grid, changes = POINTS[name]
+            changes = settings_of(grid, changes)
             epochs = changes.get("epochs")
             if epochs not in runners:
                 runners[epochs] = Runner(a.out, "fast", epochs, "auto", "auto", a.data_dir, a.limit, compute=not a.report_only)

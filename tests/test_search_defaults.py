@@ -21,6 +21,7 @@ def test_every_point_is_a_valid_setting_of_mfvc(search):
     from mfvc_gpu import MFVC
 
     for name, (grid, changes) in search.POINTS.items():
+        changes = search.settings_of(grid, changes)
         MFVC(**changes)._validate(10_000)  # a typo in a point fails here, not after an hour of training
         v = search.variant_of(name, changes)
         assert grid in ("network", "manifold") and "," not in name
