@@ -259,3 +259,14 @@ def test_compute_time_counts_a_shared_network_and_embedding_once():
             rec(1, "vae", "vae.umap", 90.0, 9.0, 1.0)]      # another seed trains its own network
     assert compute_seconds(recs) == pytest.approx(100 + 10 + 1 + 2 + 3 + 4 + 90 + 9 + 1)
     assert compute_seconds([dict(dataset="d", seed=0, status="error")]) == 0.0
+
+
+def test_a_variant_named_for_its_clusterer_uses_it_and_the_rest_take_the_profiles():
+    from mfvc_gpu.reproduce.variants import MFVC, TABLE3, TABLE4
+
+    for v in TABLE3 + TABLE4:
+        if "K-Means" in v.label:
+            assert v.cluster.get("cluster") == "kmeans", v.name
+        if "GMM" in v.label:
+            assert v.cluster == {"cluster": "gmm", "n_init": 2} and v.manifold.get("metric", "euclidean") == "euclidean", v.name
+    assert MFVC.cluster == {} and "metric" not in MFVC.manifold  # MFVC itself: the profile's clustering
