@@ -36,8 +36,10 @@ def profile_for(profile: str, device_type: str) -> str:
 
 
 def with_profile(settings: dict, profile: str, kmeans_only: bool = False) -> dict:
-    """``settings`` with every None that ``profile`` has a value for replaced by it; ``kmeans_only``
-    (no manifold stage, choosing K, the Dask path): a clusterer left to the profile is K-Means."""
+    """``settings`` with every None that ``profile`` has a value for replaced by it. A clusterer left to
+    the profile is K-Means where only K-Means works: no manifold stage (``manifold`` 'none'), choosing K
+    (``n_clusters`` 'auto'), or ``kmeans_only`` (the Dask path)."""
+    kmeans_only = kmeans_only or settings.get("manifold") == "none" or settings.get("n_clusters") == "auto"
     own = PROFILES[profile] | ({"cluster": "kmeans"} if kmeans_only else {})
     return {k: own[k] if v is None and k in own else v for k, v in settings.items()}
 

@@ -99,9 +99,9 @@ class MFVC(ClusterMixin, TransformerMixin, BaseEstimator):
     def _stage_configs(self, device_type: str, kmeans_only: bool = False) -> dict:
         """The resolved profile and the stage dataclasses this fit uses (None: the profile's value)."""
         profile = profile_for(self.profile, device_type)
-        kmeans_only = kmeans_only or self.n_clusters == "auto" or self.manifold == "none"
         stages = ("network", "train", "manifold", "cluster")
-        chosen = with_profile({p.name: getattr(self, p.name) for s in stages for p in stage_params(s)}, profile, kmeans_only)
+        chosen = {p.name: getattr(self, p.name) for s in stages for p in stage_params(s)} | {"n_clusters": self.n_clusters}
+        chosen = with_profile(chosen, profile, kmeans_only)
         stage = {s: {p.field_name: chosen[p.name] for p in stage_params(s)} for s in stages}
         return dict(profile=profile, train=TrainConfig(**stage["train"]), vae=VAEConfig(**stage["network"]),
                     manifold=ManifoldConfig(**stage["manifold"]), cluster=ClusterConfig(**stage["cluster"]))

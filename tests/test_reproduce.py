@@ -270,3 +270,14 @@ def test_a_variant_named_for_its_clusterer_uses_it_and_the_rest_take_the_profile
         if "GMM" in v.label:
             assert v.cluster == {"cluster": "gmm", "n_init": 2} and v.manifold.get("metric", "euclidean") == "euclidean", v.name
     assert MFVC.cluster == {} and "metric" not in MFVC.manifold  # MFVC itself: the profile's clustering
+
+
+def test_the_runner_resolves_a_variant_by_the_estimators_rule(tmp_path):
+    """A variant without a manifold stage and no clusterer gets K-Means, as the estimator would give it."""
+    from mfvc_gpu.reproduce.variants import MFVC, Variant
+
+    fast, paper = Runner(tmp_path, "fast", device="cpu", backend="cpu"), Runner(tmp_path, "paper", device="cpu", backend="cpu")
+    codes_only = Variant("codes", "codes", manifold={"manifold": "none"})
+    assert fast.cluster_params(codes_only)["cluster"] == "kmeans"
+    assert (fast.manifold_params(MFVC)["metric"], fast.cluster_params(MFVC)["cluster"]) == ("cosine", "gmm")
+    assert (paper.manifold_params(MFVC)["metric"], paper.cluster_params(MFVC)["cluster"]) == ("euclidean", "kmeans")

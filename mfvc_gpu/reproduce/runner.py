@@ -141,8 +141,7 @@ class Runner:
         self.cache = Path(out) / "cache"
         self.data_dir, self.limit = data_dir, limit
         self.compute, self.retry_failed = compute, retry_failed
-        params = MFVC().get_params()  # the manifold and clustering settings left to the profile take its values
-        self.defaults = params | with_profile({k: params[k] for k in MANIFOLD_KEYS + CLUSTER_KEYS}, self.profile)
+        self.defaults = MFVC().get_params()  # settings left to the profile (None) are resolved per variant
         self.hardware = hardware_summary(self.device)
         self._ds_name: str | None = None
         self._ds: Dataset | None = None
@@ -191,11 +190,13 @@ class Runner:
         name = f"vae-{net['attention']}-{'res' if net['residual'] else 'nores'}"
         return f"{name}-{self.profile}-e{self.epochs}-{_hash(spec)}"
 
-    def manifold_params(self, v: Variant) -> dict:
-        return {k: self.defaults[k] for k in MANIFOLD_KEYS} | v.manifold
+    def manifold_params(self, v: Variant | None = None, **override) -> dict:
+        """The variant's manifold settings, the profile's where left to it (what keys and fits use)."""
+        return with_profile({k: self.defaults[k] for k in MANIFOLD_KEYS} | (v.manifold if v else {}) | override, self.profile)
 
     def cluster_params(self, v: Variant) -> dict:
-        return {k: self.defaults[k] for k in CLUSTER_KEYS} | v.cluster
+        c = {k: self.defaults[k] for k in CLUSTER_KEYS} | v.cluster
+        return {k: val for k, val in with_profile(c | self.manifold_params(v), self.profile).items() if k in c}
 
     def embedding_key(self, v: Variant) -> str | None:
         m = self.manifold_params(v)
@@ -294,7 +295,7 @@ class Runner:
         """A 2-D UMAP (the paper's n_neighbors and min_dist) of the variant's input features, for
         drawing; None when it is not cached and ``compute`` is off."""
         fkey = self.features_key(v)
-        m = {k: self.defaults[k] for k in MANIFOLD_KEYS} | dict(manifold="umap", n_components=2)
+        m = self.manifold_params(manifold="umap", n_components=2)
         path = self.seed_dir(dataset, seed) / "views" / f"{fkey}.umap2d-{self.backend}-{_hash([fkey, m, self.backend])}.npy"
         if path.exists():
             return load_npy(path, 2)
