@@ -98,9 +98,7 @@ def variant_of(name: str, changes: dict):
 
 def row_of(runner, grid: str, name: str, changes: dict, dataset: str, seed: int, rec: dict) -> dict:
     """One tidy CSV row: the point's effective settings (defaults filled in) and its scores."""
-    from mfvc_gpu.config import PROFILES
-
-    eff = runner.defaults | PROFILES[runner.profile] | changes | {"epochs": runner.epochs}
+    eff = runner.resolved(runner.defaults | changes | {"epochs": runner.epochs})
     row = {k: eff.get(k) for k in COLUMNS if k in eff}
     row.update(grid=grid, point=name, dataset=dataset, seed=seed, status=rec["status"])
     if rec["status"] == "ok":

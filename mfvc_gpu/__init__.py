@@ -21,7 +21,7 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "MFVC": "estimator", "PARAMS": "params", "PROFILES": "params", "RunConfig": "config", "ManifoldConfig": "config",
-    "ClusterConfig": "config", "load_dataset": "data", "fetch": "data", "evaluate": "metrics",
+    "ClusterConfig": "config", "VAEConfig": "settings", "TrainConfig": "settings", "load_dataset": "data", "fetch": "data", "evaluate": "metrics",
     "cluster_acc": "metrics", "nmi": "metrics", "purity": "metrics", "ari": "metrics",
 }
 

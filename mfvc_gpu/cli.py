@@ -9,7 +9,6 @@ shows its traceback).
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import logging
 import os
@@ -21,6 +20,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from .errors import MFVCError
+from .flags import add_param_flags
 
 
 class _Parser(argparse.ArgumentParser):
@@ -33,51 +33,6 @@ class _Parser(argparse.ArgumentParser):
 def one_line(text: object) -> str:
     """``text`` on one line: a message that a library wrote over several lines is joined."""
     return " ".join(str(text).split()) or "unknown error"
-
-
-# Sub-commands whose code lives outside this file: module -> (name, help). Each module has
-# ``add_arguments(parser)`` and ``main(args) -> int``.
-EXTERNAL_COMMANDS = {
-    "mfvc_gpu.bench": ("bench", "time every stage, GPU against CPU"),
-    "mfvc_gpu.reproduce": ("reproduce", "regenerate the paper's tables and figures"),
-}
-
-
-def _flag_type(param):
-    """argparse ``type`` for a setting: its kind, with 'none' accepted where None is."""
-    def convert(text: str):
-        if param.optional and text.lower() in ("none", "null"):
-            return None
-        if text in param.words:
-            return text
-        try:
-            return param.kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{text!r} is not {param.valid()}") from None
-
-    convert.__name__ = param.kind.__name__
-    return convert
-
-
-def add_param_flags(parser: argparse.ArgumentParser, only=None) -> None:
-    """One flag per setting of the table (``cli=True``; ``only(param)`` narrows them), grouped by
-    stage. Every flag defaults to None, "not given": the value then comes from ``--config``, else
-    from the table's default."""
-    from .params import PARAMS
-
-    groups: dict[str, argparse._ArgumentGroup] = {}
-    for p in PARAMS:
-        if not p.cli or (only is not None and not only(p)):
-            continue
-        group = groups.setdefault(p.stage, parser.add_argument_group(f"{p.stage} settings"))
-        flags = [p.flag] + ["--" + a.replace("_", "-") for a in p.aliases]
-        default = p.default_in_run
-        text = f"{p.help} (default: {default})"
-        if p.kind is bool:
-            group.add_argument(*flags, dest=p.name, action=argparse.BooleanOptionalAction, default=None, help=text)
-        else:
-            group.add_argument(*flags, dest=p.name, type=_flag_type(p), choices=list(p.choices) if p.choices else None,
-                               default=None, metavar=None if p.choices else p.name.upper(), help=text)
 
 
 def _add_cluster(sub) -> None:
@@ -138,12 +93,12 @@ def _add_apply(sub) -> None:
                        help="labels.csv to write" if name == "predict" else "the coordinates: a .npy or .csv file")
         if name == "predict":
             p.add_argument("--embedding", type=Path, help="also write the coordinates (.npy or .csv)")
-        for setting in ("split", "data_dir", "pixel_max", "bad_images", "device", "backend"):
-            q = BY_NAME[setting]
-            p.add_argument(q.flag, dest=setting, type=_flag_type(q) if q.kind is not str else None,
-                           choices=list(q.choices) if q.choices else None, default=q.default, help=q.help)
+        add_param_flags(p, only=lambda q: q.name in APPLY_SETTINGS, table_defaults=True)
         p.add_argument("--overwrite", action="store_true", help="replace existing output files")
         p.set_defaults(func=cmd_apply)
+
+
+APPLY_SETTINGS = ("split", "data_dir", "pixel_max", "bad_images", "device", "backend")  # predict's and transform's
 
 
 def cmd_apply(a: argparse.Namespace) -> int:
@@ -204,7 +159,7 @@ def cmd_datasets(a: argparse.Namespace) -> int:
 
 
 def _printing(command):
-    """An external command's handler returns (status, lines of output); the CLI prints them."""
+    """The bench and reproduce handlers return (status, lines of output); the CLI prints them."""
     def run(a: argparse.Namespace) -> int:
         status, lines = command(a)
         for line in lines:
@@ -215,7 +170,7 @@ def _printing(command):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from . import __version__, bench, reproduce
 
     parser = _Parser(prog="mfvc-gpu", description="MFVC deep image clustering (β-VAE → UMAP → K-Means or GMM) on GPU or CPU")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -224,8 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_cluster(sub)
     _add_apply(sub)
     _add_datasets(sub)
-    for module, (name, helptext) in EXTERNAL_COMMANDS.items():
-        mod = importlib.import_module(module)
+    for mod, name, helptext in ((bench, "bench", "time every stage, GPU against CPU"),
+                                (reproduce, "reproduce", "regenerate the paper's tables and figures")):
         p = sub.add_parser(name, help=helptext, description=(mod.__doc__ or helptext).strip().splitlines()[0])
         mod.add_arguments(p)
         p.set_defaults(func=_printing(mod.main))

@@ -17,69 +17,56 @@ from typing import Any
 import yaml
 
 from .errors import MFVCError
-from .params import ALIASES, BY_NAME, CONFIG_PARAMS, PROFILES, STAGES, stage_dataclass
-
-# A stage config holds resolved values: a setting that defaults to its profile's defaults here to the paper's.
-ManifoldConfig = stage_dataclass("ManifoldConfig", "manifold", "The manifold stage.", defaults=PROFILES["paper"],
-                                 module=__name__)
-ClusterConfig = stage_dataclass("ClusterConfig", "cluster", "The clustering stage.", defaults=PROFILES["paper"],
-                                module=__name__)
+from .params import ALIASES, BY_NAME, CONFIG_PARAMS, PROFILES, STAGES
+from .settings import ClusterConfig, ManifoldConfig, RunFields
 
 
-def profile_for(profile: str, device_type: str) -> str:
-    """``auto`` means ``paper`` on CUDA and ``fast`` on the CPU."""
-    if profile == "auto":
-        return "paper" if device_type == "cuda" else "fast"
-    if profile not in PROFILES:
-        raise MFVCError(f"profile={profile!r} is invalid: must be one of auto, {', '.join(PROFILES)}")
-    return profile
+class RunConfig(RunFields):
+    """Everything one clustering run needs; what ``config.yaml`` of a run folder holds. One typed field
+    per setting of :data:`mfvc_gpu.params.PARAMS` with ``config=True`` (see :class:`~mfvc_gpu.settings.RunFields`)."""
 
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
 
-def with_profile(settings: dict, profile: str, kmeans_only: bool = False) -> dict:
-    """``settings`` with every None that ``profile`` has a value for replaced by it. A clusterer left to
-    the profile is K-Means where only K-Means works: no manifold stage (``manifold`` 'none'), choosing K
-    (``n_clusters`` 'auto'), or ``kmeans_only`` (the Dask path)."""
-    kmeans_only = kmeans_only or settings.get("manifold") == "none" or settings.get("n_clusters") == "auto"
-    own = PROFILES[profile] | ({"cluster": "kmeans"} if kmeans_only else {})
-    return {k: own[k] if v is None and k in own else v for k, v in settings.items()}
+    def estimator_params(self) -> dict[str, Any]:
+        """The :class:`mfvc_gpu.MFVC` keyword arguments of this run."""
+        return {p.name: getattr(self, p.name) for p in CONFIG_PARAMS if p.estimator}
 
+    def to_yaml(self, path: Path) -> Path:
+        """Write ``config.yaml`` atomically: the flat mapping, grouped by stage with a comment each."""
+        from .fileio import write_text
 
-def _run_config_class() -> type:
-    fields = [(p.name, Any, dataclasses.field(default=p.default_in_run)) for p in CONFIG_PARAMS]
-    return dataclasses.make_dataclass("RunConfig", fields, frozen=True, namespace={
-        "__doc__": "Everything one clustering run needs; what ``config.yaml`` of a run folder holds. "
-                   "One field per setting of :data:`mfvc_gpu.params.PARAMS` (``config=True``).",
-        "to_dict": lambda self: dataclasses.asdict(self),
-        "to_yaml": _to_yaml,
-        "from_dict": classmethod(_from_dict),
-        "from_yaml": classmethod(_from_yaml),
-        "estimator_params": _estimator_params,
-        "__post_init__": _check_all,
-    })
+        d = self.to_dict()
+        parts = []
+        for stage in STAGES:
+            keys = {p.name: d[p.name] for p in CONFIG_PARAMS if p.stage == stage}
+            if keys:
+                parts.append(f"# {stage}\n" + yaml.safe_dump(keys, sort_keys=False))
+        return write_text(path, "".join(parts))
 
+    @classmethod
+    def from_dict(cls, d: dict) -> RunConfig:
+        """Settings given flat or grouped by stage; unknown keys and invalid values fail with one line."""
+        if not isinstance(d, dict):
+            raise MFVCError(f"a config must be a mapping of settings, not {type(d).__name__}")
+        known = {p.name for p in CONFIG_PARAMS}
+        kwargs = {}
+        for key, value in _flatten(d).items():
+            name = ALIASES.get(key, key)
+            if name not in known:
+                raise MFVCError(f"unknown setting {key!r} in the config; known settings are {', '.join(sorted(known))}")
+            kwargs[name] = value
+        return cls(**kwargs)
 
-def _check_all(self) -> None:
-    for p in CONFIG_PARAMS:
-        checked = p.check(getattr(self, p.name))
-        object.__setattr__(self, p.name, checked)
-
-
-def _estimator_params(self) -> dict:
-    """The :class:`mfvc_gpu.MFVC` keyword arguments of this run."""
-    return {p.name: getattr(self, p.name) for p in CONFIG_PARAMS if p.estimator}
-
-
-def _to_yaml(self, path: Path) -> Path:
-    """Write ``config.yaml`` atomically: the flat mapping, grouped by stage with a comment each."""
-    from .fileio import write_text
-
-    d = self.to_dict()
-    parts = []
-    for stage in STAGES:
-        keys = {p.name: d[p.name] for p in CONFIG_PARAMS if p.stage == stage}
-        if keys:
-            parts.append(f"# {stage}\n" + yaml.safe_dump(keys, sort_keys=False))
-    return write_text(path, "".join(parts))
+    @classmethod
+    def from_yaml(cls, path: Path) -> RunConfig:
+        """Read ``config.yaml`` as untrusted text: ``yaml.safe_load`` only (no Python objects, ever)."""
+        path = Path(path)
+        data = _read_yaml(path)
+        try:
+            return cls.from_dict(data)
+        except MFVCError as exc:
+            raise MFVCError(f"{path}: {exc}") from exc
 
 
 def _flatten(d: dict) -> dict:
@@ -95,19 +82,6 @@ def _flatten(d: dict) -> dict:
     return flat
 
 
-def _from_dict(cls, d: dict):
-    if not isinstance(d, dict):
-        raise MFVCError(f"a config must be a mapping of settings, not {type(d).__name__}")
-    known = {p.name for p in CONFIG_PARAMS}
-    kwargs = {}
-    for key, value in _flatten(d).items():
-        name = ALIASES.get(key, key)
-        if name not in known:
-            raise MFVCError(f"unknown setting {key!r} in the config; known settings are {', '.join(sorted(known))}")
-        kwargs[name] = value
-    return cls(**kwargs)
-
-
 MAX_CONFIG_BYTES = 1 << 20  # a config.yaml is a few hundred bytes
 
 
@@ -121,9 +95,7 @@ def _yaml_problem(exc: yaml.YAMLError) -> str:
     return " ".join(f"{problem}{where}".split())
 
 
-def _from_yaml(cls, path: Path):
-    """Read ``config.yaml`` as untrusted text: ``yaml.safe_load`` only (no Python objects, ever)."""
-    path = Path(path)
+def _read_yaml(path: Path) -> dict:
     try:
         if path.stat().st_size > MAX_CONFIG_BYTES:
             raise MFVCError(f"cannot read the config {path}: {path.stat().st_size} bytes is not a config file")
@@ -136,13 +108,7 @@ def _from_yaml(cls, path: Path):
         raise MFVCError(f"cannot read the config {path}: {_yaml_problem(exc)}") from exc
     if not isinstance(data, dict):
         raise MFVCError(f"{path} must hold a mapping of settings")
-    try:
-        return cls.from_dict(data)
-    except MFVCError as exc:
-        raise MFVCError(f"{path}: {exc}") from exc
+    return data
 
 
-RunConfig = _run_config_class()
-RunConfig.__module__ = __name__
-
-__all__ = ["PROFILES", "ManifoldConfig", "ClusterConfig", "RunConfig", "profile_for", "with_profile", "replace"]
+__all__ = ["PROFILES", "ManifoldConfig", "ClusterConfig", "RunConfig", "replace"]

@@ -4,12 +4,15 @@ A :class:`Param` says a setting's name, type, default, valid values, one line of
 stage it belongs to. From :data:`PARAMS` come:
 
 * the estimator's parameters (:class:`mfvc_gpu.MFVC`'s signature and docstring),
-* the stage dataclasses (:class:`~mfvc_gpu.models.VAEConfig`, :class:`~mfvc_gpu.train.TrainConfig`,
-  :class:`~mfvc_gpu.config.ManifoldConfig`, :class:`~mfvc_gpu.config.ClusterConfig`),
-* the run configuration and its YAML schema (:class:`mfvc_gpu.config.RunConfig`),
-* the ``mfvc-gpu cluster`` flags (:func:`mfvc_gpu.cli.add_param_flags`).
+* the typed settings in :mod:`mfvc_gpu.settings`, a file generated from this table
+  (``python -m mfvc_gpu.params > mfvc_gpu/settings.py``; a test fails when it is stale): the
+  estimator's ``__init__``, the stage dataclasses (:class:`~mfvc_gpu.settings.VAEConfig`,
+  :class:`~mfvc_gpu.settings.TrainConfig`, :class:`~mfvc_gpu.settings.ManifoldConfig`,
+  :class:`~mfvc_gpu.settings.ClusterConfig`) and the fields of a run's ``config.yaml``
+  (:class:`mfvc_gpu.config.RunConfig`),
+* the ``mfvc-gpu cluster`` flags (:func:`mfvc_gpu.flags.add_param_flags`).
 
-A new setting is one line here. This module imports neither torch nor any stage's code.
+A new setting is one line here, then the generator. This module imports neither torch nor any stage's code.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import dataclasses
 import math
 import numbers
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from .errors import MFVCError
 
@@ -28,10 +31,8 @@ STAGES = ("data", "network", "train", "manifold", "cluster", "placement", "run")
 
 # The protocols: a setting whose value is None takes its profile's. "paper" is the paper's
 # (section 3): AdamW, lr 0.005, cosine annealing, batch 64, 200 epochs; UMAP on Euclidean distances,
-# then K-Means. "fast" is the CPU profile: the same training for 30 epochs (seeds 0-2 on a 2-core
-# CPU: MNIST-test ACC 0.966 at 20 epochs, 0.971 at 30), then UMAP on cosine distances and a Gaussian
-# mixture: Fashion-MNIST-test 0.669 +- 0.009 against 0.601 +- 0.019 with the paper's Euclidean
-# K-Means on the same networks, MNIST-test 0.973 against 0.971 (docs/RESULTS.md, "Search of the defaults").
+# then K-Means. "fast" is the CPU profile: the same training for 30 epochs, then UMAP on cosine
+# distances and a Gaussian mixture (how it was chosen: docs/RESULTS.md, "Search of the defaults").
 PROFILES: dict[str, dict[str, Any]] = {
     "paper": {"epochs": 200, "batch_size": 64, "lr": 0.005, "metric": "euclidean", "cluster": "kmeans"},
     "fast": {"epochs": 30, "batch_size": 64, "lr": 0.005, "metric": "cosine", "cluster": "gmm"},
@@ -234,20 +235,46 @@ def stage_params(stage: str) -> tuple[Param, ...]:
     return tuple(p for p in PARAMS if p.stage == stage and p.field_name is not None)
 
 
-def stage_dataclass(cls_name: str, stage: str, doc: str, extra: tuple[tuple[str, type, Any], ...] = (),
-                    defaults: dict[str, Any] | None = None, module: str | None = None) -> type:
-    """A frozen dataclass whose fields are ``stage``'s settings (with their table defaults, or
-    ``defaults``) followed by ``extra`` (name, type, default) fields that are not settings."""
-    defaults = defaults or {}
-    fields = [(p.field_name, p.kind | None if p.optional else p.kind,
-               dataclasses.field(default=defaults.get(p.name, p.default))) for p in stage_params(stage)]
-    fields += [(n, t, dataclasses.field(default=d)) for n, t, d in extra]
-    lines = [f"    {p.field_name} : {p.help}" for p in stage_params(stage)]
-    cls = dataclasses.make_dataclass(cls_name, fields, frozen=True)
-    if module:
-        cls.__module__ = module  # where it is defined, for repr and pickling by reference
-    cls.__doc__ = doc + "\n\nFields (from :data:`mfvc_gpu.params.PARAMS`)::\n\n" + "\n".join(lines)
-    return cls
+# Fields of VAEConfig that are not settings: the network's input shape (name, default); integers in [1, 4096].
+NETWORK_INPUT: tuple[tuple[str, int], ...] = (("in_channels", 1), ("image_size", 32))
+# The dataclass that holds each stage's settings (generated into mfvc_gpu/settings.py).
+STAGE_CLASSES: dict[str, tuple[str, str]] = {
+    "network": ("VAEConfig", "Hyperparameters of the network (the ``network`` settings, plus the input shape)."),
+    "train": ("TrainConfig", "How the β-VAE is trained."),
+    "manifold": ("ManifoldConfig", "The manifold stage."),
+    "cluster": ("ClusterConfig", "The clustering stage."),
+}
+# Settings whose None means "the profile's": a stage config holds them resolved, never None.
+BY_PROFILE: frozenset[str] = frozenset(k for v in PROFILES.values() for k in v)
+
+
+def rows_of(table: str) -> dict[str, Param]:
+    """The table rows behind a settings dataclass, by field name: a stage's, or ``"config"`` (a run's)."""
+    if table == "config":
+        return {p.name: p for p in CONFIG_PARAMS}
+    return {p.field_name: p for p in stage_params(table)}
+
+
+class Settings:
+    """Base of the generated settings dataclasses: every field is checked against its row of the
+    table when the object is made, and a bad one is one :class:`MFVCError` naming the field, the
+    value and what is valid. A stage config holds resolved values: a profile's setting is never None."""
+
+    table: ClassVar[str]  # a stage of STAGE_CLASSES, or "config"
+
+    def __post_init__(self) -> None:
+        rows = rows_of(self.table)
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]  # subclasses are dataclasses
+            value = getattr(self, f.name)
+            p = rows.get(f.name)
+            if p is None:  # the network's input shape
+                if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not 1 <= value <= 4096:
+                    raise MFVCError(f"{f.name}={value!r} is invalid: must be an integer in [1, 4096]")
+                continue
+            if value is None and p.name in BY_PROFILE and self.table != "config":
+                raise MFVCError(f"{type(self).__name__}.{f.name}=None: a stage config holds resolved values; give "
+                                f"{p.valid().removesuffix(' or None')} (mfvc_gpu.resolution.resolve fills in the profile's)")
+            object.__setattr__(self, f.name, p.check(value))
 
 
 def params_docstring(params: tuple[Param, ...] = ESTIMATOR_PARAMS) -> str:
@@ -259,5 +286,66 @@ def params_docstring(params: tuple[Param, ...] = ESTIMATOR_PARAMS) -> str:
     return "\n".join(out)
 
 
+def _lit(value: Any) -> str:
+    """A default as source text, strings in double quotes (the house style)."""
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"' if isinstance(value, str) else repr(value)
+
+
+def _annotation(p: Param, resolved: bool = False) -> str:
+    kinds = [p.kind.__name__] + (["str"] if p.words and p.kind is not str else [])
+    return " | ".join(kinds + (["None"] if p.optional and not resolved else []))
+
+
+def _doc(text: str, rows: list[tuple[str, str]]) -> list[str]:
+    import textwrap
+
+    fields = [textwrap.fill(f"{name} : {help}", 116, initial_indent="    ", subsequent_indent="        ")
+              for name, help in rows]
+    return [f'    """{text}', "", *fields, '    """', ""]
+
+
+def render_settings() -> str:
+    """The source of ``mfvc_gpu/settings.py``: typed dataclasses and the estimator's ``__init__``, from the table."""
+    out = ['"""The typed settings, generated from the table in :mod:`mfvc_gpu.params`; do not edit by hand.',
+           "", "Regenerate with ``python -m mfvc_gpu.params > mfvc_gpu/settings.py``; a test fails when this file and",
+           'the table disagree. Every object checks its fields against the table when it is made.', '"""', "",
+           "from __future__ import annotations", "", "from dataclasses import dataclass", "from typing import ClassVar",
+           "", "from .params import Settings", "", ""]
+    for stage, (name, text) in STAGE_CLASSES.items():
+        rows = stage_params(stage)
+        out += ["@dataclass(frozen=True, kw_only=True)", f"class {name}(Settings):"]
+        out += _doc(text, [(p.field_name, p.help) for p in rows] +
+                    ([(n, "the network's input shape") for n, _ in NETWORK_INPUT] if stage == "network" else []))
+        out.append(f"    table: ClassVar[str] = {_lit(stage)}")
+        for p in rows:
+            if p.name in BY_PROFILE:
+                out.append(f"    {p.field_name}: {_annotation(p, resolved=True)}")
+            else:
+                out.append(f"    {p.field_name}: {_annotation(p)} = {_lit(p.default)}")
+        if stage == "network":
+            out += [f"    {n}: int = {_lit(d)}" for n, d in NETWORK_INPUT]
+        out += ["", ""]
+    out += ["@dataclass(frozen=True, kw_only=True)", "class RunFields(Settings):"]
+    out += _doc("The settings a run records (``config.yaml``): one field per setting with ``config=True``.",
+                [(p.name, p.help) for p in CONFIG_PARAMS])
+    out.append('    table: ClassVar[str] = "config"')
+    out += [f"    {p.name}: {_annotation(p)} = {_lit(p.default_in_run)}" for p in CONFIG_PARAMS]
+    out += ["", "", "class EstimatorParams:"]
+    out += _doc("The parameters of :class:`mfvc_gpu.MFVC`; ``__init__`` only stores them (scikit-learn's rule).",
+                [(p.name, p.help) for p in ESTIMATOR_PARAMS])
+    out += ["    def __init__(", "        self,", "        *,"]
+    out += [f"        {p.name}: {_annotation(p)} = {_lit(p.default)}," for p in ESTIMATOR_PARAMS]
+    out.append("    ) -> None:")
+    out += [f"        self.{p.name} = {p.name}" for p in ESTIMATOR_PARAMS]
+    names = [n for n, _ in STAGE_CLASSES.values()] + ["RunFields", "EstimatorParams"]
+    out += ["", "", f"__all__ = [{', '.join(_lit(n) for n in names)}]"]
+    return "\n".join(out) + "\n"
+
+
 __all__ = ["Param", "PARAMS", "BY_NAME", "ALIASES", "ESTIMATOR_PARAMS", "CONFIG_PARAMS", "PROFILES", "STAGES",
-           "stage_params", "stage_dataclass", "params_docstring"]
+           "NETWORK_INPUT", "STAGE_CLASSES", "BY_PROFILE", "Settings", "rows_of", "stage_params", "params_docstring",
+           "render_settings"]
+
+
+if __name__ == "__main__":
+    print(render_settings(), end="")

@@ -12,9 +12,8 @@ What ``load`` gives back: the network and the clusterer exactly as fitted, so ``
 training images returns ``labels_`` and a new image gets the label the saved model would give.
 What it rebuilds: the manifold model (umap-learn's and cuML's UMAP hold nearest-neighbour
 indexes that are not saved), refitted on the saved codes with the saved seed the first time a
-*new* point must be transformed; that refit costs what the original manifold stage cost (about
-a minute for UMAP on 70k codes on a 2-core CPU, seconds on a GPU). Training points never need it:
-they keep the coordinates the fit gave them.
+*new* point must be transformed; that refit costs what the original manifold stage cost
+(docs/BENCHMARKS.md). Training points never need it: they keep the coordinates the fit gave them.
 
 A model folder is untrusted input: ``load`` checks every entry of ``model.json`` against the
 table of settings (unknown entries, wrong types and other format versions are refused), reads
@@ -29,85 +28,49 @@ import json
 import logging
 import os
 import shutil
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from . import backends
-from .config import ClusterConfig, ManifoldConfig
 from .errors import MFVCError
 from .fileio import FileSystemError, atomic_path, make_dirs, publish_dir, temp_name, write_json, write_torch
+from .settings import ClusterConfig, ManifoldConfig, TrainConfig, VAEConfig
 
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 2
 
 
-def row_index(reference: np.ndarray, rows: np.ndarray, rtol: float = 1e-4) -> np.ndarray:
-    """For each row of ``rows``, the index of the row of ``reference`` it equals, or -1.
+@dataclass
+class SavedModel:
+    """What a model folder holds, as plain data: :meth:`mfvc_gpu.MFVC.save` builds one, :func:`read_model`
+    gives one back (every entry checked), and :meth:`mfvc_gpu.MFVC.load` builds the estimator from it."""
 
-    "Equals" allows float noise: the encoder's kernels differ with the batch size, so the same
-    image encoded in another batch differs in the last bits. A row matches its nearest reference
-    row when every coordinate is within ``rtol`` × the spread of the reference codes.
-    """
-    from sklearn.neighbors import NearestNeighbors
-
-    reference = np.ascontiguousarray(reference, dtype=np.float32)
-    rows = np.ascontiguousarray(rows, dtype=np.float32)
-    if rows.ndim != 2 or rows.shape[1] != reference.shape[1] or len(reference) == 0 or len(rows) == 0:
-        return np.full(len(rows), -1, dtype=np.int64)
-    nearest = NearestNeighbors(n_neighbors=1).fit(reference).kneighbors(rows, return_distance=False)[:, 0]
-    atol = rtol * max(1.0, float(reference.std()))
-    hit = np.abs(reference[nearest] - rows).max(axis=1) <= atol
-    return np.where(hit, nearest, -1).astype(np.int64)
-
-
-def cluster_state(model) -> dict[str, np.ndarray]:
-    """The arrays that let the fitted clusterer label new points (empty for DBSCAN)."""
-    model = getattr(model, "model", model)  # the rapids backend's OnHost wrapper
-    if hasattr(model, "cluster_centers_"):
-        c = model.cluster_centers_
-        return {"kmeans_centres": np.asarray(c.get() if hasattr(c, "get") else c, dtype=np.float32)}
-    if hasattr(model, "means_"):
-        return {f"gmm_{k}": np.asarray(getattr(model, f"{k}_")) for k in ("weights", "means", "covariances", "precisions_cholesky")}
-    return {}
+    params: dict[str, Any]  # the estimator's parameters as the fit ran them (resolved_params)
+    vae: VAEConfig
+    train: TrainConfig
+    manifold: ManifoldConfig
+    cluster: ClusterConfig
+    profile: str
+    backend: str
+    device: str
+    seed: int
+    n_clusters: int
+    k_search: Any  # a choose_k.KSearch, or None
+    timings: dict[str, float]
+    history: list[dict]
+    latent: np.ndarray
+    embedding: np.ndarray
+    labels: np.ndarray
+    cluster_state: dict[str, np.ndarray]  # the backend's cluster_state
+    network: Any  # the BetaVAE (on the CPU after reading), or None
 
 
-def cluster_from_state(backend, cfg: ClusterConfig, state: dict[str, np.ndarray], seed: int):
-    """The fitted clusterer back from :func:`cluster_state`, on ``backend``."""
-    if "kmeans_centres" in state:
-        return backend.kmeans_from_centres(state["kmeans_centres"], seed)
-    if "gmm_means" in state:
-        from sklearn.mixture import GaussianMixture
-
-        gm = GaussianMixture(n_components=len(state["gmm_means"]), random_state=seed)
-        for k in ("weights", "means", "covariances", "precisions_cholesky"):
-            setattr(gm, f"{k}_", state[f"gmm_{k}"])
-        gm.converged_, gm.n_iter_ = True, 0
-        if backend.name == "rapids":
-            from .backends.rapids import OnHost
-
-            return OnHost(gm)
-        return gm
-    return None  # DBSCAN: no predict for new points
-
-
-def rebuild_manifold(est) -> None:
-    """Refit the manifold model on the saved codes with the saved seed, once, when a new point needs it."""
-    if getattr(est, "manifold_model_", None) is not None or est.manifold_config_.method == "none":
-        return
-    b = est._backend
-    log.info("rebuilding the %s model from the %d saved latent codes", est.manifold_config_.method, len(est.latent_))
-    est.manifold_model_, _ = b.fit_manifold(b.handoff(est.latent_), est.manifold_config_, est._n_components(), est.seed_)
-
-
-def save(est, path: str | os.PathLike) -> Path:
-    """Write ``est`` to folder ``path``: built under a temporary name, then renamed into place
+def write_model(path: str | os.PathLike, m: SavedModel) -> Path:
+    """Write ``m`` to folder ``path``: built under a temporary name, then renamed into place
     (an existing model folder is replaced only by the finished new one)."""
-    from sklearn.utils.validation import check_is_fitted
-
-    check_is_fitted(est, "labels_")
     path = Path(path)
     make_dirs(path.parent)
     tmp = temp_name(path)
@@ -115,18 +78,16 @@ def save(est, path: str | os.PathLike) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
     make_dirs(tmp)
     try:
-        if est.model_ is not None:
-            write_torch(tmp / "weights.pt", est.model_.state_dict())
+        if m.network is not None:
+            write_torch(tmp / "weights.pt", m.network.state_dict())
         with atomic_path(tmp / "arrays.npz") as f, open(f, "wb") as fh:
-            np.savez(fh, latent=est.latent_, embedding=est.embedding_, labels=est.labels_, **cluster_state(est.cluster_model_))
+            np.savez(fh, latent=m.latent, embedding=m.embedding, labels=m.labels, **m.cluster_state)
         write_json(tmp / "model.json", dict(
             format_version=FORMAT_VERSION,
-            params={k: (str(v) if isinstance(v, os.PathLike) else v) for k, v in est.resolved_params().items()},
-            vae=asdict(est.vae_config_), train=asdict(est.train_config_),
-            manifold=asdict(est.manifold_config_), cluster=asdict(est.cluster_config_),
-            profile=est.profile_, backend=est.backend_, device=est.device_, seed=est.seed_,
-            n_clusters_used=int(est.n_clusters_), k_search=est.k_search_.to_dict() if est.k_search_ else None,
-            timings=est.timings_, history=est.history_,
+            params={k: (str(v) if isinstance(v, os.PathLike) else v) for k, v in m.params.items()},
+            vae=asdict(m.vae), train=asdict(m.train), manifold=asdict(m.manifold), cluster=asdict(m.cluster),
+            profile=m.profile, backend=m.backend, device=m.device, seed=m.seed, n_clusters_used=int(m.n_clusters),
+            k_search=m.k_search.to_dict() if m.k_search else None, timings=m.timings, history=m.history,
         ))
         publish_dir(tmp, path)
     except FileSystemError as exc:  # name the model folder, not its temporary name
@@ -154,65 +115,32 @@ def _is_number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
-def _check_params(params) -> dict:
-    from .params import BY_NAME, ESTIMATOR_PARAMS
+def _settings(meta: dict) -> tuple[dict, VAEConfig, TrainConfig, ManifoldConfig, ClusterConfig]:
+    """The parameters and the four stage configs, checked by the same table checks a fit uses."""
+    from .resolution import check_params
 
-    if not isinstance(params, dict):
-        raise _Bad(f"'params' is a {type(params).__name__}, not a mapping")
-    known = {p.name for p in ESTIMATOR_PARAMS}
-    for key, value in params.items():
-        if key not in known:
-            raise _Bad(f"unknown setting {key!r} in 'params'")
-        if key == "random_state":
-            if value is not None and not (_is_int(value) and value >= 0):
-                raise _Bad(f"params.random_state={value!r} is not a seed (an integer >= 0)")
-        elif key in ("device", "checkpoint"):
-            if value is not None and not isinstance(value, str):
-                raise _Bad(f"params.{key}={value!r} is not a string")
-        elif key in ("resume", "progress"):
-            if not isinstance(value, bool):
-                raise _Bad(f"params.{key}={value!r} is not true or false")
-        else:
-            try:
-                BY_NAME[key].check(value)
-            except MFVCError as exc:
-                raise _Bad(f"params: {exc}") from None
-    return params
-
-
-def _check_stage(meta: dict, section: str, cls) -> dict:
-    """``meta[section]`` as keyword arguments of the stage dataclass ``cls``, every value checked."""
-    import dataclasses
-
-    from .params import PARAMS
-
-    values = meta[section]
-    if not isinstance(values, dict):
-        raise _Bad(f"{section!r} is a {type(values).__name__}, not a mapping")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    by_field = {p.field_name: p for p in PARAMS if p.field_name in fields and
-                p.stage == {"vae": "network"}.get(section, section)}
-    for key, value in values.items():
-        if key not in fields:
-            raise _Bad(f"unknown entry {key!r} in {section!r}")
-        param = by_field.get(key)
-        if param is not None:
-            try:
-                param.check(value)
-            except MFVCError as exc:
-                raise _Bad(f"{section}: {exc}") from None
-        else:  # a field that is not a setting (the input shape of the network)
-            default = fields[key].default
-            if _is_int(default) and not (_is_int(value) and 1 <= value <= 4096):
-                raise _Bad(f"{section}.{key}={value!r} is not an integer in [1, 4096]")
-            if isinstance(default, str) and not isinstance(value, str):
-                raise _Bad(f"{section}.{key}={value!r} is not a string")
-    return values
+    sections = {"vae": VAEConfig, "train": TrainConfig, "manifold": ManifoldConfig, "cluster": ClusterConfig}
+    for section in ("params", *sections):
+        if not isinstance(meta[section], dict):
+            raise _Bad(f"{section!r} is a {type(meta[section]).__name__}, not a mapping")
+    try:
+        check_params(meta["params"])
+    except MFVCError as exc:
+        raise _Bad(f"params: {exc}") from None
+    configs = []
+    for section, cls in sections.items():
+        try:
+            configs.append(cls(**meta[section]))
+        except TypeError as exc:  # an entry the dataclass does not have, or one it lacks
+            raise _Bad(f"{section}: {str(exc).split('() ')[-1]}") from None
+        except MFVCError as exc:
+            raise _Bad(f"{section}: {exc}") from None
+    return meta["params"], *configs
 
 
 def _check_meta(meta: dict) -> None:
     """Refuse a model.json that was edited into something this version did not write."""
-    from .config import PROFILES
+    from .params import BY_NAME
 
     missing = [k for k in META_KEYS if k not in meta]
     if missing:
@@ -220,15 +148,15 @@ def _check_meta(meta: dict) -> None:
     unknown = [k for k in meta if k not in META_KEYS]
     if unknown:
         raise _Bad(f"unknown entry {unknown[0]!r}")
-    _check_params(meta["params"])
-    if meta["profile"] not in PROFILES:
-        raise _Bad(f"profile={meta['profile']!r} is not one of {', '.join(PROFILES)}")
-    if meta["backend"] not in ("cpu", "rapids"):
-        raise _Bad(f"backend={meta['backend']!r} is not cpu or rapids")
+    for key, setting in (("profile", "profile"), ("backend", "backend"), ("seed", "random_state")):
+        try:
+            if meta[key] is None or meta[key] == "auto":
+                raise MFVCError(f"{key}={meta[key]!r} is not a resolved value")
+            BY_NAME[setting].check(meta[key])
+        except MFVCError as exc:
+            raise _Bad(str(exc)) from None
     if not isinstance(meta["device"], str):
         raise _Bad(f"device={meta['device']!r} is not a string")
-    if not (_is_int(meta["seed"]) and meta["seed"] >= 0):
-        raise _Bad(f"seed={meta['seed']!r} is not an integer >= 0")
     if not (_is_int(meta["n_clusters_used"]) and meta["n_clusters_used"] >= 1):
         raise _Bad(f"n_clusters_used={meta['n_clusters_used']!r} is not an integer >= 1")
     ks = meta["k_search"]
@@ -337,58 +265,38 @@ def _load_arrays(file: Path, meta: dict) -> dict[str, np.ndarray]:
     return arrays
 
 
-def load(cls, path: str | os.PathLike, device: str = "auto", backend: str = "auto"):
-    """Load a folder written by :func:`save` onto ``device`` / ``backend`` (resolved as for ``fit``).
+def read_model(path: str | os.PathLike) -> SavedModel:
+    """Read a folder written by :func:`write_model`, every entry checked before use.
 
-    Everything is read as data and checked before use: an edited ``model.json`` (unknown entries,
-    wrong types, another format version), a truncated or foreign ``weights.pt`` (a pickle payload
-    is refused by ``weights_only=True`` without running) or a damaged ``arrays.npz`` is refused
-    with one :class:`MFVCError`."""
-    from .models import VAEConfig
-    from .train import TrainConfig
-
+    An edited ``model.json`` (unknown entries, wrong types, another format version), a truncated or
+    foreign ``weights.pt`` (a pickle payload is refused by ``weights_only=True`` without running) or a
+    damaged ``arrays.npz`` is refused with one :class:`MFVCError`."""
     path = Path(path)
     meta = _read_meta(path)
     try:
-        vae = VAEConfig(**_check_stage(meta, "vae", VAEConfig))
-        train = TrainConfig(**_check_stage(meta, "train", TrainConfig))
-        manifold = ManifoldConfig(**_check_stage(meta, "manifold", ManifoldConfig))
-        cluster = ClusterConfig(**_check_stage(meta, "cluster", ClusterConfig))
-        params = dict(meta["params"], device=device, backend=backend, checkpoint=None, resume=False)
-        est = cls(**params)
-    except (_Bad, TypeError, ValueError) as exc:
+        params, vae, train, manifold, cluster = _settings(meta)
+    except _Bad as exc:
         raise MFVCError(f"{path / 'model.json'} was not written by this mfvc_gpu or was edited: {exc}; refused") from None
-    est.vae_config_, est.train_config_ = vae, train
-    est.manifold_config_, est.cluster_config_ = manifold, cluster
-    est.profile_, est.seed_ = meta["profile"], int(meta["seed"])
-    est.n_clusters_ = int(meta["n_clusters_used"])
-    est.k_search_ = None
+    k_search = None
     if meta["k_search"] is not None:
         from .choose_k import KSearch
 
-        est.k_search_ = KSearch(**meta["k_search"])
-    est.timings_, est.history_ = meta["timings"], meta["history"]
+        k_search = KSearch(**meta["k_search"])
     weights = path / "weights.pt"
-    wants_network = meta["params"].get("encoder", "vae") == "vae"
+    wants_network = params.get("encoder", "vae") == "vae"
     if wants_network and not weights.is_file():
-        raise MFVCError(f"{path} has no weights.pt, yet model.json describes a trained network; the model folder is incomplete")
+        raise MFVCError(f"{path} has no weights.pt, yet model.json describes a trained network; the model folder is "
+                        "incomplete")
     if not wants_network and weights.exists():
-        raise MFVCError(f"{path} has a weights.pt, yet model.json says encoder='none'; the model folder was edited; refused")
+        raise MFVCError(f"{path} has a weights.pt, yet model.json says encoder='none'; the model folder was edited; "
+                        "refused")
     arrays = _load_arrays(path / "arrays.npz", meta)
-    placement = backends.resolve(device, backend)
-    est.backend_, est.device_, est.placement_note_ = placement.backend, placement.device, placement.note
-    est._backend = backends.get_backend(placement.backend)
-    est.model_ = None
-    if wants_network:
-        est.model_ = _load_weights(weights, vae)
-        est.model_.to(placement.device).eval()
-    est.latent_, est.embedding_, est.labels_ = arrays.pop("latent"), arrays.pop("embedding"), arrays.pop("labels")
-    est.cluster_model_ = cluster_from_state(est._backend, est.cluster_config_, arrays, est.seed_)
-    est.manifold_model_ = None  # rebuilt on first use by a new point (rebuild_manifold)
-    if est.model_ is None:
-        est.n_features_in_ = est.latent_.shape[1]
-    est.handoff_ = {}
-    return est
+    network = _load_weights(weights, vae) if wants_network else None
+    return SavedModel(params=params, vae=vae, train=train, manifold=manifold, cluster=cluster, profile=meta["profile"],
+                      backend=meta["backend"], device=meta["device"], seed=int(meta["seed"]),
+                      n_clusters=int(meta["n_clusters_used"]), k_search=k_search, timings=meta["timings"],
+                      history=meta["history"], latent=arrays.pop("latent"), embedding=arrays.pop("embedding"),
+                      labels=arrays.pop("labels"), cluster_state=arrays, network=network)
 
 
-__all__ = ["save", "load", "row_index", "cluster_state", "cluster_from_state", "rebuild_manifold", "FORMAT_VERSION"]
+__all__ = ["SavedModel", "write_model", "read_model", "FORMAT_VERSION"]

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 
-from . import backends
 from .config import RunConfig
 from .data.loading import load_dataset
 from .errors import MFVCError
@@ -24,6 +23,7 @@ from .estimator import MFVC
 from .fileio import (FileSystemError, make_dirs, os_error, publish_dir, recover_dir, remove_stale_temps, write_json,
                      write_text)
 from .plotting import plot_embedding
+from .resolution import resolve
 from .report import write_run_views
 from .train import numerics
 
@@ -293,16 +293,16 @@ def run_table(cfg, out: Path, columns: str | None = None, overwrite: bool = Fals
 
 
 def _run_table(cfg, out: Path, columns: str | None) -> dict:
-    from .tables import cudf_available, parse_columns, read_features, write_results
+    from .tables import parse_columns, read_features, wants_gpu, write_results
 
     if not cfg.n_clusters:
         raise MFVCError(f"{Path(cfg.dataset).name} is a table with no classes to count clusters from; pass --n-clusters")
-    placement = backends.resolve(cfg.device, cfg.backend)
-    gpu = placement.backend == "rapids" and cudf_available()
+    cfg = replace(cfg, encoder="none")
+    placement = resolve(cfg.estimator_params()).placement
+    gpu = wants_gpu(placement)
     t0 = time.perf_counter()
     table = read_features(cfg.dataset, parse_columns(columns), gpu=gpu, device=placement.device)
     t_load = time.perf_counter() - t0
-    cfg = replace(cfg, encoder="none")
     est = MFVC(**cfg.estimator_params(), progress=False)
     est.fit_features(table.features)
     cfg = ran_config(cfg, est)

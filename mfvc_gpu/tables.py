@@ -22,7 +22,6 @@ from typing import Any
 
 import numpy as np
 
-from . import backends
 from .errors import MFVCError
 from .fileio import atomic_path
 from .optional import TABLES_HINT, import_problem, require
@@ -57,10 +56,10 @@ def cudf_available() -> bool:
     return import_problem("cudf") is None
 
 
-def wants_gpu(device: str, backend: str) -> bool:
-    """Whether a run with these settings reads its table with cuDF: exactly when
-    :func:`mfvc_gpu.backends.resolve` places the stages on the ``rapids`` backend."""
-    return backends.resolve(device, backend).backend == "rapids" and cudf_available()
+def wants_gpu(placement) -> bool:
+    """Whether a run placed by ``placement`` (a :class:`mfvc_gpu.backends.Placement`) reads its table with
+    cuDF: exactly when the stages run on the ``rapids`` backend and cuDF imports."""
+    return placement.backend == "rapids" and cudf_available()
 
 
 def parse_columns(spec: str | None) -> list[str] | None:

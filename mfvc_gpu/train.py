@@ -28,27 +28,14 @@ from .data.loading import unit_float
 from .errors import MFVCError
 from .fileio import write_torch
 from .models import BetaVAE, vae_loss
-from .params import PROFILES, stage_dataclass
+from .settings import TrainConfig, VAEConfig
 
 log = logging.getLogger(__name__)
 
 
-# The ``train`` settings; where the table leaves a value to the profile, the paper's protocol.
-TrainConfig = stage_dataclass(
-    "TrainConfig", "train", "How the β-VAE is trained (fields left to the profile default to the paper's protocol).",
-    defaults=PROFILES["paper"], module=__name__,
-)
-
-# compile="auto": where torch.compile of the training step measured faster than eager
-# (docs/BENCHMARKS.md, "Training step"). Not yet measured on a GPU: off there until it is.
-COMPILE_FASTER = {"cpu": False, "cuda": False}
-# channels_last: where it measured faster for this network (same table).
-CHANNELS_LAST = {"cpu": True, "cuda": True}
-
-
 def use_compile(setting: str, device: torch.device) -> bool:
-    if setting == "auto":
-        return COMPILE_FASTER.get(device.type, False)
+    """``compile`` as it applies: 'on' compiles; 'auto' compiles where it measured faster than eager,
+    which no device has yet (docs/BENCHMARKS.md, "Training step"), so it runs eager."""
     return setting == "on"
 
 
@@ -75,14 +62,12 @@ def numerics(cfg, device: torch.device | str) -> dict:
                 compiled=use_compile(cfg.compile, device))
 
 
-def memory_format(device: torch.device, channels_last: bool | None = None) -> torch.memory_format:
-    """channels_last where it measured faster (or as ``channels_last`` says)."""
-    if channels_last is None:
-        channels_last = CHANNELS_LAST.get(device.type, False)
+def memory_format(channels_last: bool = True) -> torch.memory_format:
+    """channels_last, which measured faster for this network on both devices (docs/BENCHMARKS.md), unless told otherwise."""
     return torch.channels_last if channels_last else torch.contiguous_format
 
 
-def make_optimizer(model: torch.nn.Module, cfg, device: torch.device) -> torch.optim.Optimizer:
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     """AdamW, fused on the device where PyTorch has the fused kernel, else the ``foreach`` one."""
     try:
         return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
@@ -90,7 +75,7 @@ def make_optimizer(model: torch.nn.Module, cfg, device: torch.device) -> torch.o
         return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
 
 
-def training_step(model, opt, sched, forward_loss, x):
+def training_step(opt, sched, forward_loss, x):
     """One optimiser step on batch ``x``; returns the (loss, recon, kl) tensors, still on the device."""
     loss, rec, kl = forward_loss(x)
     opt.zero_grad(set_to_none=True)
@@ -147,10 +132,30 @@ def _differences(old: dict, new: dict, prefix: str = "") -> str:
     return ", ".join(out)
 
 
+def fit_vae(
+    network: VAEConfig,
+    images: np.ndarray,
+    cfg: TrainConfig,
+    device: torch.device,
+    seed: int = 0,
+    checkpoint: Path | None = None,
+    resume: bool = False,
+    progress: bool = True,
+) -> tuple[BetaVAE, list[dict]]:
+    """A new network built from ``network`` and trained on ``images``: its initial weights and its
+    training are seeded by ``seed``, and the caller's random streams stay as they were. Returns the
+    network (in eval mode) and one record per epoch (see :func:`train_vae`)."""
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        model = BetaVAE(network)
+        torch.manual_seed(seed)  # the training's noise starts from the seed, as in train_vae
+        return model, _train(model, images, cfg, device, seed, checkpoint, resume, progress)
+
+
 def train_vae(
     model: BetaVAE,
     images: np.ndarray,
-    cfg,
+    cfg: TrainConfig,
     device: torch.device,
     seed: int = 0,
     checkpoint: Path | None = None,
@@ -166,20 +171,21 @@ def train_vae(
     devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):  # the sampling noise is seeded; the caller's streams stay as they were
         torch.manual_seed(seed)
-        return _train(model, images, cfg, device, seed, None if checkpoint is None else Path(checkpoint), resume, progress)
+        return _train(model, images, cfg, device, seed, checkpoint, resume, progress)
 
 
 def _train(model, images, cfg, device, seed, checkpoint, resume, progress) -> list[dict]:
     from tqdm.auto import tqdm
 
+    checkpoint = None if checkpoint is None else Path(checkpoint)
     n = len(images)
     batch = min(cfg.batch_size, n)
     if batch < 2:
         raise MFVCError(f"{n} image(s): training needs at least 2 (BatchNorm)")
     steps = n // batch  # the last partial batch is dropped: every step has the same shape
-    fmt = memory_format(device)
+    fmt = memory_format()
     model.to(device, memory_format=fmt).train()
-    opt = make_optimizer(model, cfg, device)
+    opt = make_optimizer(model, cfg)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs * steps)
     gen = torch.Generator(device=device).manual_seed(seed)  # the data order, drawn where the data is
     settings = _checkpoint_settings(cfg, model, n, seed)
@@ -207,7 +213,7 @@ def _train(model, images, cfg, device, seed, checkpoint, resume, progress) -> li
         first_bad = torch.full((), -1, dtype=torch.int64, device=device)
         for s in range(steps):
             x = unit_float(data[order[s * batch : (s + 1) * batch]]).contiguous(memory_format=fmt)
-            terms = training_step(model, opt, sched, forward_loss, x).double()
+            terms = training_step(opt, sched, forward_loss, x).double()
             totals += terms * batch
             first_bad = torch.where((first_bad < 0) & ~torch.isfinite(terms).all(), s, first_bad)
         bad = int(first_bad)  # the one host sync of the epoch, with the totals below
@@ -246,7 +252,7 @@ def encode(model: BetaVAE, images: np.ndarray | torch.Tensor, device: torch.devi
     Streams: one batch at a time goes to the device and is converted there, so memory stays near
     the input's own size plus a batch, whatever the number of images.
     """
-    fmt = memory_format(device)
+    fmt = memory_format()
     model.to(device, memory_format=fmt).eval()  # as in training: the same kernels, the same codes
     data = images if isinstance(images, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(images))
     out = torch.empty((len(data), model.cfg.latent_dim), dtype=torch.float32, device=device)

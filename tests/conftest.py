@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -82,3 +83,38 @@ def blobs():
 
     x, y = make_blobs(n_samples=600, n_features=8, centers=5, cluster_std=0.6, random_state=0)
     return x.astype(np.float32), y
+
+
+class FittedWriters:
+    """Records which module assigns each fitted attribute (``name_``) of any MFVC."""
+
+    def __init__(self, monkeypatch) -> None:
+        self.seen: dict[str, set[str]] = {}
+        real = object.__setattr__
+
+        def setattr_(est, name, value):
+            if name.endswith("_") and not name.startswith("__"):
+                caller = sys._getframe(1).f_globals.get("__name__", "?")
+                self.seen.setdefault(caller, set()).add(name)
+            real(est, name, value)
+
+        def delattr_(est, name):
+            if name.endswith("_") and not name.startswith("__"):
+                caller = sys._getframe(1).f_globals.get("__name__", "?")
+                self.seen.setdefault(caller, set()).add(f"del {name}")
+            object.__delattr__(est, name)
+
+        from mfvc_gpu import MFVC
+
+        monkeypatch.setattr(MFVC, "__setattr__", setattr_, raising=False)
+        monkeypatch.setattr(MFVC, "__delattr__", delattr_, raising=False)
+
+    def ours(self) -> dict[str, set[str]]:
+        """The package's writers (scikit-learn's ``validate_data`` records ``n_features_in_`` for the estimator)."""
+        return {m: names for m, names in self.seen.items() if m.startswith("mfvc_gpu")}
+
+
+@pytest.fixture
+def writers(monkeypatch) -> FittedWriters:
+    """Which modules set an MFVC's fitted attributes while the test runs (``writers.ours()``)."""
+    return FittedWriters(monkeypatch)

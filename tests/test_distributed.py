@@ -95,8 +95,9 @@ def test_umap_fits_a_sample_and_both_workers_transform_the_rest(client, mnist, s
     assert abs(cluster_acc(y, est.labels_) - cluster_acc(y, single.labels_)) <= 0.05
 
 
-def test_the_network_encodes_on_the_workers(client, mnist):
-    """Weights broadcast once, each worker rebuilds the network: same codes as in this process."""
+def test_the_network_encodes_on_the_workers(client, mnist, writers):
+    """Weights broadcast once, each worker rebuilds the network: same codes as in this process. The
+    estimator alone sets its fitted state (the Dask path hands it a result)."""
     from mfvc_gpu.train import encode
 
     x = mnist[0][:256]
@@ -107,6 +108,7 @@ def test_the_network_encodes_on_the_workers(client, mnist):
     np.testing.assert_allclose(est.latent_, encode(net, images, torch.device("cpu")).numpy(), rtol=1e-4, atol=1e-4)
     assert est.model_ is net and est.vae_config_ == net.cfg
     assert est.embedding_.shape == (256, 8) and est.distributed_["umap_sample"] is None  # K-Means on the codes
+    assert writers.ours().keys() == {"mfvc_gpu.estimator"} and "distributed_" in writers.ours()["mfvc_gpu.estimator"]
 
 
 @pytest.mark.timeout(120)
@@ -237,12 +239,16 @@ def test_a_stuck_stage_times_out_instead_of_hanging(client):
 def test_ddp_takes_the_network_and_training_flags_from_the_settings_table():
     from mfvc_gpu.distributed.ddp import build_parser, given_settings
     from mfvc_gpu.params import stage_params
+    from mfvc_gpu.resolution import resolve
 
     args = build_parser().parse_args(["--out", "x", "--latent-dim", "8", "--decoder", "upsample", "--no-amp",
-                                      "--weight-decay", "0", "--batch-size", "16"])
-    assert given_settings(args, "network") == {"latent_dim": 8, "decoder": "upsample"}
-    assert given_settings(args, "train") == {"amp": False, "weight_decay": 0.0, "batch_size": 16}
+                                      "--weight-decay", "0", "--batch-size", "16", "--profile", "paper"])
+    given = given_settings(args)
+    assert given == {"latent_dim": 8, "decoder": "upsample", "profile": "paper", "batch_size": 16,
+                     "weight_decay": 0.0, "amp": False}
+    res = resolve(given | {"device": "cpu"})  # what train_ddp builds its network and loop from
+    assert (res.vae.latent_dim, res.vae.decoder, res.train.batch_size, res.train.epochs) == (8, "upsample", 16, 200)
     for stage in ("network", "train"):  # every setting of both stages has its flag, none declared twice
         assert all(hasattr(args, p.name) for p in stage_params(stage))
     with pytest.raises(MFVCError, match=r"beta=-1.0 is invalid: must be"):  # the table's range
-        given_settings(build_parser().parse_args(["--out", "x", "--beta", "-1"]), "network")
+        resolve(given_settings(build_parser().parse_args(["--out", "x", "--beta", "-1"])))

@@ -539,7 +539,7 @@ def test_floating_point_error_is_one_line(cli, monkeypatch, tmp_path, npz):
     def diverge(*a, **k):
         raise FloatingPointError("the loss became nan at epoch 1")
 
-    monkeypatch.setattr(estimator, "train_vae", diverge)
+    monkeypatch.setattr(estimator, "fit_vae", diverge)
     before = snapshot(tmp_path)
     fails(cli, "cluster", "--dataset", npz, *FAST, "--out", tmp_path / "run",
           fragments=("training diverged", "the loss became nan", "--lr", "check the input"))
@@ -550,8 +550,9 @@ def test_nan_features(cli, monkeypatch, tmp_path, npz):
     import torch
 
     import mfvc_gpu.estimator as estimator
+    from mfvc_gpu.models import BetaVAE
 
-    monkeypatch.setattr(estimator, "train_vae", lambda *a, **k: [])
+    monkeypatch.setattr(estimator, "fit_vae", lambda network, *a, **k: (BetaVAE(network), []))
     monkeypatch.setattr(estimator, "encode", lambda model, images, device, **k: torch.full((len(images), 4), float("nan")))
     before = snapshot(tmp_path)
     fails(cli, "cluster", "--dataset", npz, *FAST, "--out", tmp_path / "run", fragments=("NaN", "lower the learning rate"))

@@ -115,24 +115,29 @@ def test_a_grouped_config_is_used_by_the_run_and_recorded(tmp_path, digits, caps
     assert est.manifold_model_.metric == "cosine"
 
 
-def test_metric_and_clusterer_left_to_the_profile_take_its_values():
+def test_metric_and_clusterer_left_to_the_profile_take_its_values(monkeypatch):
     """paper: the paper's Euclidean UMAP and K-Means; fast: cosine and a Gaussian mixture (the search's
     choice); K-Means wherever only K-Means works; an explicit choice wins."""
+    from mfvc_gpu import backends
     from mfvc_gpu.config import PROFILES
+    from mfvc_gpu.resolution import resolve
 
-    def resolved(est, device_type, **kw):
-        cfg = est._stage_configs(device_type, **kw)
-        return cfg["profile"], cfg["manifold"].metric, cfg["cluster"].method
+    def resolved(est, cuda=False, workers=None):
+        monkeypatch.setattr(backends, "cuda_available", lambda: cuda)
+        monkeypatch.setattr(backends, "rapids_available", lambda dask=False: False)
+        r = resolve(est.get_params(), workers=workers)
+        return r.profile, r.manifold.metric, r.cluster.method
 
-    assert resolved(MFVC(), "cuda") == ("paper", "euclidean", "kmeans")
-    assert resolved(MFVC(), "cpu") == ("fast", "cosine", "gmm")
-    assert resolved(MFVC(profile="paper"), "cpu") == ("paper", "euclidean", "kmeans")
-    assert resolved(MFVC(n_clusters="auto"), "cpu") == ("fast", "cosine", "kmeans")
-    assert resolved(MFVC(), "cpu", kmeans_only=True) == ("fast", "cosine", "kmeans")
-    assert resolved(MFVC(metric="manhattan", cluster="dbscan"), "cpu") == ("fast", "manhattan", "dbscan")
+    assert resolved(MFVC(), cuda=True) == ("paper", "euclidean", "kmeans")
+    assert resolved(MFVC()) == ("fast", "cosine", "gmm")
+    assert resolved(MFVC(profile="paper")) == ("paper", "euclidean", "kmeans")
+    assert resolved(MFVC(n_clusters="auto")) == ("fast", "cosine", "kmeans")
+    assert resolved(MFVC(manifold="none")) == ("fast", "cosine", "kmeans")
+    assert resolved(MFVC(), workers=(False, False)) == ("fast", "cosine", "kmeans")  # the Dask path
+    assert resolved(MFVC(metric="manhattan", cluster="dbscan")) == ("fast", "manhattan", "dbscan")
     assert {k: PROFILES["paper"][k] for k in ("metric", "cluster")} == {"metric": "euclidean", "cluster": "kmeans"}
     with pytest.raises(MFVCError, match="n_clusters='auto' chooses K for K-Means; cluster='gmm' needs a number"):
-        MFVC(n_clusters="auto", cluster="gmm")._validate(1000)
+        resolve(MFVC(n_clusters="auto", cluster="gmm").get_params(), n_samples=1000)
 
 
 def test_a_run_records_the_metric_and_clusterer_it_used():

@@ -316,7 +316,7 @@ def test_the_gpu_extra_is_this_cuda_13_stack(rapids):
 
 # ================================================================ 3-5: cuML estimator keywords
 @pytest.mark.parametrize("cfg_kwargs, n_components, seed, expected", [
-    pytest.param({}, 10, 7, dict(n_neighbors=27, min_dist=0.0, n_components=10, metric="euclidean", random_state=7,
+    pytest.param(dict(metric="euclidean"), 10, 7, dict(n_neighbors=27, min_dist=0.0, n_components=10, metric="euclidean", random_state=7,
                                  build_algo="brute_force_knn", output_type="cupy"), id="paper-defaults"),
     pytest.param(dict(knn="nn-descent", metric="cosine", n_neighbors=15, min_dist=0.25), 3, 1,
                  dict(n_neighbors=15, min_dist=0.25, n_components=3, metric="cosine", random_state=1,
@@ -352,12 +352,12 @@ def test_every_keyword_for_cuml_is_a_named_parameter_of_the_real_constructor(rap
     from cuml.manifold.umap import umap as cuml_umap
 
     calls = [
-        (cuml.UMAP, umap_params(ManifoldConfig(), 4, 0)),
+        (cuml.UMAP, umap_params(ManifoldConfig(metric="euclidean"), 4, 0)),
         (cuml.UMAP, umap_params(ManifoldConfig(knn="nn-descent", metric="cosine"), 2, 3)),
-        (cuml.KMeans, kmeans_params(ClusterConfig(), 5, 1)),
+        (cuml.KMeans, kmeans_params(ClusterConfig(method="kmeans"), 5, 1)),
         (cuml.KMeans, dict(n_clusters=2, init=np.zeros((2, 3), np.float32), n_init=1, max_iter=1, random_state=0,
                            output_type="cupy")),  # RapidsBackend.kmeans_from_centres' keywords
-        (cuml.DBSCAN, dbscan_params(ClusterConfig(eps=0.7, min_samples=3))),
+        (cuml.DBSCAN, dbscan_params(ClusterConfig(method="dbscan", eps=0.7, min_samples=3))),
     ]
     for cls, kwargs in calls:
         missing = set(kwargs) - _named_parameters(cls)
@@ -369,19 +369,20 @@ def test_every_keyword_for_cuml_is_a_named_parameter_of_the_real_constructor(rap
 
 
 def test_cuml_kmeans_and_dbscan_hold_the_cluster_params(rapids):
-    """``cuml.KMeans(**kmeans_params(ClusterConfig(), 4, 9))`` has 4 clusters, the project's 10
+    """``cuml.KMeans(**kmeans_params(ClusterConfig(method="kmeans"), 4, 9))`` has 4 clusters, the project's 10
     restarts (cuML's default is 1) and seed 9, and passes cuML's own pre-fit checks; DBSCAN keeps
     eps and min_samples, for the default and a non-default config."""
     from mfvc_gpu.backends.rapids import dbscan_params, kmeans_params
     from mfvc_gpu.config import ClusterConfig
 
     cuml = rapids.cuml
-    km_params = kmeans_params(ClusterConfig(), 4, 9)
+    km_params = kmeans_params(ClusterConfig(method="kmeans"), 4, 9)
     km = cuml.KMeans(**km_params)
     _assert_params_taken(km, dict(n_clusters=4, n_init=10, random_state=9, output_type="cupy"))
     assert inspect.signature(cuml.KMeans).parameters["n_init"].default != 10  # 10 is set, not inherited
     km._validate_fit_params()  # cuML's host-side checks run at fit, before any device work
-    for cfg, eps, min_samples in [(ClusterConfig(), 0.5, 5), (ClusterConfig(eps=0.25, min_samples=12), 0.25, 12)]:
+    for cfg, eps, min_samples in [(ClusterConfig(method="dbscan"), 0.5, 5),
+                                     (ClusterConfig(method="dbscan", eps=0.25, min_samples=12), 0.25, 12)]:
         db = cuml.DBSCAN(**dbscan_params(cfg))
         _assert_params_taken(db, dict(eps=eps, min_samples=min_samples, output_type="cupy"))
 
@@ -444,7 +445,7 @@ def test_fit_manifold_builds_cuml_umap_and_fails_only_at_the_device(rapids, no_d
     from mfvc_gpu.config import ManifoldConfig
 
     b = RapidsBackend()
-    exc = _fails(b.fit_manifold, _features(), ManifoldConfig(n_neighbors=5, knn=knn), 2, 4)
+    exc = _fails(b.fit_manifold, _features(), ManifoldConfig(n_neighbors=5, knn=knn, metric="euclidean"), 2, 4)
     _assert_device_error(exc, "CUDARuntimeError")
     frame = _failed_at(exc, "fit_manifold", ".fit_transform(")
     assert type(frame.f_locals["model"]) is rapids.cuml.UMAP
@@ -528,13 +529,13 @@ def test_resolve_and_the_rapids_probes_see_the_real_libraries(rapids, no_device)
     assert backends.rapids_problem() is None
     assert backends.rapids_problem(dask=True) is None
     assert backends.rapids_available() is True and backends.rapids_available(dask=True) is True
-    assert (backends.resolve("auto", "auto").device, backends.resolve("auto", "auto").backend) == ("cpu", "cpu")
+    assert (backends.place("auto", "auto").device, backends.place("auto", "auto").backend) == ("cpu", "cpu")
     for device, backend, dask in [("cuda", "rapids", False), ("cuda", "auto", False), ("cuda:0", "auto", True),
                                   ("auto", "auto", True)]:
-        placement = backends.resolve(device, backend, cuda=True, dask=dask)
+        placement = backends.place(device, backend, cuda=True, dask=dask)
         assert (placement.device, placement.backend, placement.note) == (device.replace("auto", "cuda"), "rapids", "")
     with pytest.raises(MFVCError, match="torch sees no CUDA GPU"):
-        backends.resolve("cuda", "rapids")
+        backends.place("cuda", "rapids")
     assert type(backends.get_backend("rapids")).__name__ == "RapidsBackend"
 
 
@@ -556,9 +557,9 @@ def test_a_broken_cuml_install_is_reported_with_its_own_error(rapids, monkeypatc
     assert problem is not None and problem.lower().startswith("cuml is installed but failed to import"), problem
     assert "(ImportError: undefined symbol: __nvJitLinkCreate_12_9)" in problem
     with pytest.raises(MFVCError) as info:
-        backends.resolve("cuda", "rapids", cuda=True)
+        backends.place("cuda", "rapids", cuda=True)
     assert "__nvJitLinkCreate_12_9" in str(info.value) and RAPIDS_HINT in str(info.value)
-    placement = backends.resolve("cuda", "auto", cuda=True)
+    placement = backends.place("cuda", "auto", cuda=True)
     assert (placement.device, placement.backend) == ("cuda", "cpu") and "CPU" in placement.note
     monkeypatch.undo()
     assert sys.modules["cuml"] is real and backends.rapids_problem() is None
@@ -693,14 +694,18 @@ def test_wants_gpu_reads_tables_with_cudf_exactly_when_resolve_picks_rapids(rapi
     """cuDF is chosen for tables only when the stages go to the rapids backend: not here by
     itself (no GPU), yes once CUDA is reported (cuML and cuDF import), never with backend='cpu'."""
     from mfvc_gpu import backends
+    from mfvc_gpu.resolution import resolve
     from mfvc_gpu.tables import cudf_available, wants_gpu
 
+    def placed(device, backend):
+        return resolve({"device": device, "backend": backend, "encoder": "none"}).placement
+
     assert cudf_available() is True
-    assert wants_gpu("auto", "auto") is False
+    assert wants_gpu(placed("auto", "auto")) is False
     monkeypatch.setattr(backends, "cuda_available", lambda: True)
-    assert wants_gpu("auto", "auto") is True
-    assert wants_gpu("cuda", "rapids") is True
-    assert wants_gpu("auto", "cpu") is False
+    assert wants_gpu(placed("auto", "auto")) is True
+    assert wants_gpu(placed("cuda", "rapids")) is True
+    assert wants_gpu(placed("auto", "cpu")) is False
 
 
 # ================================================================ 10-11: Dask
@@ -717,13 +722,14 @@ def test_dask_kmeans_gets_the_project_keywords_and_they_build_the_worker_model(r
     from cuml.internals.validation import check_random_seed
     from sklearn.cluster import KMeans as SkKMeans
 
-    from mfvc_gpu.config import ClusterConfig
-    from mfvc_gpu.distributed.orchestrate import _DaskFit
+    from mfvc_gpu.distributed.orchestrate import DaskJob
+    from mfvc_gpu.resolution import resolve
 
     client = _StubClient()
-    est = SimpleNamespace(cluster_config_=ClusterConfig(n_init=3), n_clusters=3, seed_=5)
-    job = _DaskFit(est, np.zeros((1, 1), np.float32), client, "stub", run=None)
-    job.gpu = True
+    job = DaskJob(client, None, 60.0)
+    job.client = client
+    job.res = resolve({"n_clusters": 3, "n_init": 3, "random_state": 5}, workers=(True, True))  # cuML workers
+    assert job.gpu
     sample = np.concatenate([_features(20, 2, s) + 6 * s for s in range(3)])
     seen = _capture_fit(monkeypatch, DaskKMeans)
     with pytest.raises(_Captured):
@@ -761,7 +767,7 @@ def test_dask_umap_wraps_the_cuml_umap_model_the_gpu_fit_returns(rapids):
     assert sig["model"].kind is inspect.Parameter.KEYWORD_ONLY and sig["model"].default is inspect.Parameter.empty
     assert "client" in sig and list(inspect.signature(DaskUMAP.transform).parameters) == ["self", "X"]
     client = _StubClient()
-    model = rapids.cuml.UMAP(**umap_params(ManifoldConfig(), 3, 1))
+    model = rapids.cuml.UMAP(**umap_params(ManifoldConfig(metric="euclidean"), 3, 1))
     du = DaskUMAP(model=model, client=client)
     assert du.internal_model is model and du.client is client
     with pytest.raises(ValueError, match="cuml.Base"):
@@ -775,12 +781,15 @@ def test_gpu_branches_of_the_dask_stages_reach_their_first_device_call(rapids, n
     """The encode and umap_transform stages with cuML workers import what they need
     (``cuml.dask.manifold``) and fail at their first device call, the CuPy ``meta`` array of the
     Dask array, with a CUDA error; umap_transform has sent the embedding and sample rows first."""
-    from mfvc_gpu.distributed.orchestrate import _DaskFit
+    from mfvc_gpu.distributed.orchestrate import DaskJob
+    from mfvc_gpu.resolution import resolve
 
     client = _StubClient()
-    est = SimpleNamespace(seed_=0)
-    job = _DaskFit(est, np.zeros((4, 1, 2, 2), np.float32), client, "stub", run=lambda stage, fn: fn())
-    job.gpu, job.device, job.workers, job.bounds = True, "cuda", ["w0"], [(0, 4)]
+    job = DaskJob(client, None, 60.0)
+    job.client, job.run_stage = client, lambda stage, fn: fn()
+    job.res = resolve({"random_state": 0}, workers=(True, True))  # cuML workers
+    job.images, job.workers, job.bounds = np.zeros((4, 1, 2, 2), np.float32), ["w0"], [(0, 4)]
+    assert (job.gpu, job.device) == (True, "cuda")
     exc = _fails(job.encode, None, None, ["part"], 8)
     _assert_device_error(exc, "CUDARuntimeError")
     _failed_at(exc, "encode", ".empty((0, ")
@@ -797,7 +806,7 @@ def test_fit_umap_task_on_gpu_builds_cuml_umap_and_names_the_stage_when_it_fails
     from mfvc_gpu.config import ManifoldConfig
     from mfvc_gpu.distributed.tasks import StageFailed, fit_umap
 
-    exc = _fails(fit_umap, _features(), asdict(ManifoldConfig(n_neighbors=5)), 2, 0, True)
+    exc = _fails(fit_umap, _features(), asdict(ManifoldConfig(n_neighbors=5, metric="euclidean")), 2, 0, True)
     assert isinstance(exc, StageFailed)
     assert str(exc).startswith("umap_fit failed on worker client: CUDARuntimeError: ")
     _assert_device_error(exc.__cause__, "CUDARuntimeError")
@@ -880,15 +889,22 @@ def test_estimator_picks_rapids_when_cuda_is_reported_and_stops_at_the_handoff(r
     """With CUDA reported, ``backend='auto'`` places UMAP and K-Means on the rapids backend (cuML
     really imports) and ``fit_features`` reaches the handoff, whose CuPy copy fails with a CUDA error."""
     from mfvc_gpu import MFVC, backends
+    from mfvc_gpu import estimator as estimator_module
     from mfvc_gpu.backends.rapids import RapidsBackend
 
     monkeypatch.setattr(backends, "cuda_available", lambda: True)
+    seen = []
+    real_resolve, real_get = estimator_module.resolve, estimator_module.get_backend
+    monkeypatch.setattr(estimator_module, "resolve", lambda *a, **k: seen.append(real_resolve(*a, **k)) or seen[-1])
+    monkeypatch.setattr(estimator_module, "get_backend", lambda name: seen.append(real_get(name)) or seen[-1])
     est = MFVC(encoder="none", n_clusters=2, n_neighbors=5, progress=False)
     exc = _fails(est.fit_features, _features())
     _assert_device_error(exc, "CUDARuntimeError")
     _failed_at(exc, "to_cupy_float32", "cupy.asarray(")
-    assert (est.backend_, est.device_, est.profile_) == ("rapids", "cuda", "paper")
-    assert isinstance(est._backend, RapidsBackend)
+    res, backend = seen
+    assert (res.placement.backend, res.placement.device, res.profile) == ("rapids", "cuda", "paper")
+    assert isinstance(backend, RapidsBackend)
+    assert not hasattr(est, "backend_")  # a failed fit leaves no fitted state
 
 
 # ================================================================ 14: RMM and torch

@@ -23,7 +23,7 @@ from mfvc_gpu.config import ClusterConfig, ManifoldConfig
 
 
 def test_umap_params_carry_the_paper_defaults_under_cumls_names():
-    p = umap_params(ManifoldConfig(), n_components=10, seed=7)
+    p = umap_params(ManifoldConfig(metric="euclidean"), n_components=10, seed=7)
     assert p == dict(n_neighbors=27, min_dist=0.0, n_components=10, metric="euclidean", random_state=7,
                      build_algo="brute_force_knn", output_type="cupy")
 
@@ -36,9 +36,13 @@ def test_umap_params_follow_the_config_and_the_knn_choice():
     assert set(KNN_BUILDS.values()) == {"brute_force_knn", "nn_descent"}  # cuML's own names
 
 
-def test_umap_params_reject_an_unknown_knn_build():
+def test_an_unknown_knn_build_is_refused_by_the_config_and_by_umap_params():
+    with pytest.raises(MFVCError, match="knn='annoy' is invalid: must be one of brute, nn-descent"):
+        ManifoldConfig(knn="annoy", metric="euclidean")
+    cfg = ManifoldConfig(metric="euclidean")
+    object.__setattr__(cfg, "knn", "annoy")  # past the config's own check
     with pytest.raises(MFVCError, match="knn='annoy' is not one of brute, nn-descent"):
-        umap_params(ManifoldConfig(knn="annoy"), 2, 0)
+        umap_params(cfg, 2, 0)
 
 
 def test_shared_umap_settings_are_umap_learn_parameters_with_the_same_values():
@@ -46,7 +50,7 @@ def test_shared_umap_settings_are_umap_learn_parameters_with_the_same_values():
     import umap
 
     learn = inspect.signature(umap.UMAP).parameters
-    p = umap_params(ManifoldConfig(), n_components=5, seed=3)
+    p = umap_params(ManifoldConfig(metric="euclidean"), n_components=5, seed=3)
     shared = {k: v for k, v in p.items() if k not in ("build_algo", "output_type")}
     assert set(shared) <= set(learn)
     assert learn["n_neighbors"].default != p["n_neighbors"]  # 27 is set, not inherited from a default
@@ -55,7 +59,7 @@ def test_shared_umap_settings_are_umap_learn_parameters_with_the_same_values():
 def test_cluster_params_match_scikit_learns_settings():
     from sklearn.cluster import DBSCAN, KMeans
 
-    k = kmeans_params(ClusterConfig(), n_clusters=4, seed=9)
+    k = kmeans_params(ClusterConfig(method="kmeans"), n_clusters=4, seed=9)
     assert k == dict(n_clusters=4, n_init=10, random_state=9, output_type="cupy")
     assert {n for n in k if n != "output_type"} <= set(inspect.signature(KMeans).parameters)
     d = dbscan_params(ClusterConfig(method="dbscan", eps=0.3, min_samples=7))
@@ -78,27 +82,31 @@ def test_backend_builds_without_cupy_and_says_how_to_get_it():
 def test_fitting_without_cuml_names_the_fix():
     b = RapidsBackend()
     with pytest.raises(MFVCError, match="needs cuML.*environment.yml.*docker/compose.yaml"):
-        b.fit_manifold(np.zeros((30, 2), np.float32), ManifoldConfig(), 2, 0)
+        b.fit_manifold(np.zeros((30, 2), np.float32), ManifoldConfig(metric="euclidean"), 2, 0)
     with pytest.raises(MFVCError, match="needs cuML"):
-        b.fit_cluster(np.zeros((30, 2), np.float32), ClusterConfig(), 2, 0)
+        b.fit_cluster(np.zeros((30, 2), np.float32), ClusterConfig(method="kmeans"), 2, 0)
 
 
 def test_rapids_backend_still_rejects_unknown_stage_names():
     b = RapidsBackend()
+    cfg = ManifoldConfig(metric="euclidean")
+    object.__setattr__(cfg, "method", "tsne")  # past the config's own check
     with pytest.raises(MFVCError, match="manifold='tsne'"):
-        b.fit_manifold(np.zeros((5, 2), np.float32), ManifoldConfig(method="tsne"), 2, 0)
+        b.fit_manifold(np.zeros((5, 2), np.float32), cfg, 2, 0)
+    with pytest.raises(MFVCError, match="manifold='tsne' is invalid"):
+        ManifoldConfig(method="tsne", metric="euclidean")
 
 
 def test_manifold_none_passes_the_array_through_untouched():
     x = np.arange(6, dtype=np.float32).reshape(3, 2)
-    model, out = RapidsBackend().fit_manifold(x, ManifoldConfig(method="none"), 2, 0)
+    model, out = RapidsBackend().fit_manifold(x, ManifoldConfig(method="none", metric="euclidean"), 2, 0)
     assert model is None and out is x
 
 
 def test_to_numpy_of_a_host_array_copies_nothing_and_counts_nothing():
     b = RapidsBackend()
     x = np.ones((3, 2), np.float32)
-    assert interop.same_memory(b.to_numpy(x), x)
+    assert interop.data_pointer(b.to_numpy(x)) == interop.data_pointer(x)
     assert b.last_handoff.get("device_to_host_bytes", 0) == 0
 
 
@@ -123,14 +131,14 @@ def _fake(monkeypatch, cuda: bool, rapids: bool) -> None:
 )
 def test_placement_decisions(monkeypatch, cuda, rapids, device, backend, expected):
     _fake(monkeypatch, cuda, rapids)
-    p = backends.resolve(device, backend)
+    p = backends.place(device, backend)
     assert (p.device, p.backend) == expected
 
 
 def test_mixed_mode_warns_once_and_says_so(monkeypatch, caplog):
     _fake(monkeypatch, cuda=True, rapids=False)
     with caplog.at_level(logging.WARNING, logger="mfvc_gpu.backends"):
-        p = backends.resolve("auto", "auto")
+        p = backends.place("auto", "auto")
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "UMAP and clustering on the CPU" in warnings[0].getMessage()
     assert p.note and "CUDA without cuML" in p.note
@@ -139,10 +147,10 @@ def test_mixed_mode_warns_once_and_says_so(monkeypatch, caplog):
 def test_explicit_rapids_never_falls_back(monkeypatch):
     _fake(monkeypatch, cuda=True, rapids=False)
     with pytest.raises(MFVCError, match="cuML is not installed.*environment.yml"):
-        backends.resolve("auto", "rapids")
+        backends.place("auto", "rapids")
     _fake(monkeypatch, cuda=False, rapids=True)
     with pytest.raises(MFVCError, match="needs a CUDA device"):
-        backends.resolve("cpu", "rapids")
+        backends.place("cpu", "rapids")
 
 
 def test_mixed_mode_is_recorded_on_the_fitted_estimator(monkeypatch, blobs):
@@ -158,19 +166,9 @@ def test_mixed_mode_is_recorded_on_the_fitted_estimator(monkeypatch, blobs):
 # ---------------------------------------------------------------- DLPack and pointers (CPU)
 
 
-def test_numpy_and_cpu_tensors_share_memory_through_dlpack():
-    a = np.arange(12, dtype=np.float32).reshape(4, 3)
-    t = interop.numpy_to_torch(a)
-    assert interop.data_pointer(t) == interop.data_pointer(a)
-    back = interop.torch_to_numpy(t)
-    assert interop.same_memory(back, a)
-    t[0, 0] = 42.0  # a view, not a copy: the write shows through
-    assert a[0, 0] == 42.0 and back[0, 0] == 42.0
-
-
 def test_a_copy_has_another_pointer():
     a = np.zeros((4, 3), np.float32)
-    assert not interop.same_memory(a, a.copy())
+    assert interop.data_pointer(a) != interop.data_pointer(a.copy())
 
 
 def test_as_float_contiguous_says_when_it_copied():
@@ -214,7 +212,7 @@ def test_dlpack_round_trip_keeps_the_device_pointer():
     assert int(a.data.ptr) == t.data_ptr()
     assert float(a[3, 1]) == float(t[3, 1])  # the write torch queued is visible to CuPy
     a[0, 0] = -1.0
-    back = interop.cupy_to_torch(a)
+    back = torch.from_dlpack(a)
     assert back.data_ptr() == t.data_ptr() and float(t[0, 0]) == -1.0
     assert isinstance(a, cupy.ndarray)
 
@@ -246,7 +244,7 @@ def test_one_training_epoch_on_cuda_with_bf16_autocast():
     seen = []
     first_conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
     first_conv.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
-    hist = train_vae(model, images, TrainConfig(epochs=1, batch_size=16, amp=True), torch.device("cuda"), 0, progress=False)
+    hist = train_vae(model, images, TrainConfig(epochs=1, batch_size=16, lr=0.005, amp=True), torch.device("cuda"), 0, progress=False)
     assert len(hist) == 1 and np.isfinite(hist[0]["loss"])
     assert torch.bfloat16 in seen  # autocast ran the convolutions in bf16
     assert all(p.dtype == torch.float32 and p.is_cuda for p in model.parameters())  # master weights stay fp32
@@ -261,7 +259,7 @@ def mnist_test_latent(mnist_dir):
 
     ds = load_dataset("mnist", split="test", data_dir=mnist_dir)
     model = BetaVAE(VAEConfig())
-    train_vae(model, ds.images, TrainConfig(epochs=5, batch_size=256), torch.device("cuda"), 0, progress=False)
+    train_vae(model, ds.images, TrainConfig(epochs=5, batch_size=256, lr=0.005), torch.device("cuda"), 0, progress=False)
     return encode(model, ds.images, torch.device("cuda")), ds.labels
 
 

@@ -19,10 +19,11 @@ def search():
 
 def test_every_point_is_a_valid_setting_of_mfvc(search):
     from mfvc_gpu import MFVC
+    from mfvc_gpu.resolution import check
 
     for name, (grid, changes) in search.POINTS.items():
         changes = search.settings_of(grid, changes)
-        MFVC(**changes)._validate(10_000)  # a typo in a point fails here, not after an hour of training
+        check(MFVC(**changes).get_params(), 10_000)  # a typo in a point fails here, not after an hour of training
         v = search.variant_of(name, changes)
         assert grid in ("network", "manifold") and "," not in name
         if name != "default":  # a manifold point keeps the default network; a network point changes it

@@ -10,6 +10,7 @@ import pytest
 
 from mfvc_gpu import MFVCError, backends, cluster_acc
 from mfvc_gpu.cli import main
+from mfvc_gpu.resolution import resolve
 from mfvc_gpu.tables import parse_columns, read_features, select_columns, wants_gpu, write_parquet, write_results
 
 pd = pytest.importorskip("pandas")
@@ -115,10 +116,10 @@ def test_cudf_is_used_exactly_when_the_stages_run_on_rapids(monkeypatch, cuda, r
     monkeypatch.setattr(backends, "rapids_available", lambda dask=False: rapids)
     monkeypatch.setattr("mfvc_gpu.tables.cudf_available", lambda: rapids)  # cuML ships with cuDF
     try:
-        placed = backends.resolve(device, backend).backend
+        placement = resolve({"device": device, "backend": backend, "encoder": "none"}).placement
     except MFVCError:
         return  # the run fails before anything is read
-    assert wants_gpu(device, backend) == (placed == "rapids")
+    assert wants_gpu(placement) == (placement.backend == "rapids")
 
 
 # ---------------------------------------------------------------- the command line

@@ -36,7 +36,7 @@ def twin_models(latent=4):
 
 def test_training_is_reproducible_on_cpu(small):
     a, b = twin_models()
-    cfg = TrainConfig(epochs=1, batch_size=64)
+    cfg = TrainConfig(epochs=1, batch_size=64, lr=0.005)
     train_vae(a, small, cfg, CPU, seed=7, progress=False)
     torch.manual_seed(999)  # train_vae must re-seed, whatever came before
     train_vae(b, small, cfg, CPU, seed=7, progress=False)
@@ -52,7 +52,7 @@ class Interrupt(Exception):
 
 def test_checkpoint_resume_gives_the_same_model(small, tmp_path, monkeypatch):
     straight, interrupted = twin_models()
-    cfg = TrainConfig(epochs=2, batch_size=64)
+    cfg = TrainConfig(epochs=2, batch_size=64, lr=0.005)
     train_vae(straight, small, cfg, CPU, seed=3, progress=False)
 
     orig, calls = torch.optim.AdamW.step, {"n": 0}
@@ -89,17 +89,17 @@ def test_a_checkpoint_from_other_settings_or_damaged_is_refused(small, tmp_path)
     from mfvc_gpu import MFVCError
 
     ckpt = tmp_path / "ckpt.pt"
-    train_vae(BetaVAE(VAEConfig(latent_dim=4)), small, TrainConfig(epochs=1, batch_size=64), CPU, seed=3,
+    train_vae(BetaVAE(VAEConfig(latent_dim=4)), small, TrainConfig(epochs=1, batch_size=64, lr=0.005), CPU, seed=3,
               checkpoint=ckpt, progress=False)
     with pytest.raises(MFVCError, match=r"other settings \(.*train.batch_size 64 there, 32 now"):
-        train_vae(BetaVAE(VAEConfig(latent_dim=4)), small, TrainConfig(epochs=2, batch_size=32), CPU, seed=3,
+        train_vae(BetaVAE(VAEConfig(latent_dim=4)), small, TrainConfig(epochs=2, batch_size=32, lr=0.005), CPU, seed=3,
                   checkpoint=ckpt, resume=True, progress=False)
     with pytest.raises(MFVCError, match=r"network.latent_dim 4 there, 6 now"):
-        train_vae(BetaVAE(VAEConfig(latent_dim=6)), small, TrainConfig(epochs=1, batch_size=64), CPU, seed=3,
+        train_vae(BetaVAE(VAEConfig(latent_dim=6)), small, TrainConfig(epochs=1, batch_size=64, lr=0.005), CPU, seed=3,
                   checkpoint=ckpt, resume=True, progress=False)
     ckpt.write_bytes(ckpt.read_bytes()[:1000])  # truncated
     with pytest.raises(MFVCError, match="cannot be read.*damaged"):
-        train_vae(BetaVAE(VAEConfig(latent_dim=4)), small, TrainConfig(epochs=1, batch_size=64), CPU, seed=3,
+        train_vae(BetaVAE(VAEConfig(latent_dim=4)), small, TrainConfig(epochs=1, batch_size=64, lr=0.005), CPU, seed=3,
                   checkpoint=ckpt, resume=True, progress=False)
 
 
@@ -120,7 +120,7 @@ def test_every_step_has_the_same_batch_shape(small, monkeypatch):
         return orig(self, x)
 
     monkeypatch.setattr(BetaVAE, "forward", record)
-    train_vae(BetaVAE(VAEConfig(latent_dim=4)), small[:200], TrainConfig(epochs=1, batch_size=64), CPU, seed=0, progress=False)
+    train_vae(BetaVAE(VAEConfig(latent_dim=4)), small[:200], TrainConfig(epochs=1, batch_size=64, lr=0.005), CPU, seed=0, progress=False)
     assert shapes == [(64, 1, 32, 32)] * 3  # 200 images: 3 full batches, the last 8 dropped
 
 
@@ -133,7 +133,7 @@ def test_compiled_training_gives_the_eager_losses():
     for mode in ("off", "on"):
         torch.manual_seed(0)
         model = BetaVAE(VAEConfig(latent_dim=4))
-        cfg = TrainConfig(epochs=2, batch_size=64, compile=mode, amp=False)  # float32: the kernels' order alone differs
+        cfg = TrainConfig(epochs=2, batch_size=64, lr=0.005, compile=mode, amp=False)  # float32: the kernels' order alone differs
         runs[mode] = [h["loss"] for h in train_vae(model, x, cfg, CPU, seed=1, progress=False)]
     np.testing.assert_allclose(runs["on"], runs["off"], rtol=1e-3)
 
@@ -169,7 +169,7 @@ def test_bfloat16_training_runs_in_bfloat16_and_follows_the_float32_losses():
         torch.manual_seed(0)
         model = BetaVAE(VAEConfig(latent_dim=4))
         model.register_forward_hook(lambda m, i, out: seen.append(out[0].dtype))
-        hist = train_vae(model, x, TrainConfig(epochs=3, batch_size=64, amp=amp), CPU, seed=1, progress=False)
+        hist = train_vae(model, x, TrainConfig(epochs=3, batch_size=64, lr=0.005, amp=amp), CPU, seed=1, progress=False)
         runs[amp] = [h["loss"] for h in hist]
         assert set(seen) == {torch.bfloat16 if amp else torch.float32}
     np.testing.assert_allclose(runs[True], runs[False], rtol=0.03)

@@ -4,15 +4,20 @@
 ``rapids`` (cuML) when the device is CUDA and cuML imports, else ``cpu`` (umap-learn and
 scikit-learn). An explicitly requested backend never falls back silently.
 
-:func:`resolve` is the only place that decides this. Callers whose facts differ from this
-process's (a Dask cluster's workers, say) pass them in (``cuda=``, ``rapids=``) instead of
-deciding again; the benchmark, the table reader and the Dask path all ask it.
+:func:`place` is the rule; :func:`mfvc_gpu.resolution.resolve` is its only caller, once per fit
+(callers whose facts differ from this process's, a Dask cluster's workers say, pass them in).
+
+Every backend implements :class:`Backend`, the contract the estimator relies on; the estimator never
+asks which backend it has.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
 
 from ..errors import MFVCError
 from ..optional import RAPIDS_HINT, import_problem
@@ -63,7 +68,7 @@ def check_device(device: str) -> None:
         raise MFVCError(f"device={device!r} is not one of auto, cpu, cuda, cuda:N")
 
 
-def resolve(device: str = "auto", backend: str = "auto", *, cuda: bool | None = None, rapids: bool | None = None,
+def place(device: str = "auto", backend: str = "auto", *, cuda: bool | None = None, rapids: bool | None = None,
             dask: bool = False) -> Placement:
     """Resolve ``device`` (auto|cpu|cuda|cuda:N) and ``backend`` (auto|cpu|rapids).
 
@@ -95,7 +100,59 @@ def resolve(device: str = "auto", backend: str = "auto", *, cuda: bool | None = 
     return Placement(device, "cpu", note)
 
 
-def get_backend(name: str):
+@runtime_checkable
+class Backend(Protocol):
+    """What every backend implements: the stages after the encoder, on one array type inside.
+
+    ``handoff`` turns the encoder's output into the backend's array; ``to_numpy`` is the way out.
+    Models are whatever the backend's libraries return; ``cluster_state`` / ``cluster_from_state``
+    turn the fitted clusterer into arrays and back (for saving), and ``handoff_record`` says how
+    the codes reached the backend (pointers, bytes copied) as it stands when the labels exist.
+    """
+
+    name: str
+
+    def prepare(self, manifold: Any, n_components: int, seed: int, gpu_memory: str) -> None:
+        """Before training: refuse what this backend cannot run, and set up memory sharing."""
+
+    def handoff(self, z: Any) -> Any:
+        """The latent codes (a torch tensor or an array) as this backend's float32 array."""
+
+    def all_finite(self, x: Any) -> bool:
+        """Whether ``x`` holds no NaN or infinity."""
+
+    def to_numpy(self, a: Any) -> np.ndarray:
+        """A host copy of a backend array (the edge)."""
+
+    def before_manifold(self, gpu_memory: str, device: str) -> None:
+        """Between the encoder and the manifold stage (hand the network's cached memory back)."""
+
+    def fit_manifold(self, x: Any, cfg: Any, n_components: int, seed: int) -> tuple[Any, Any]:
+        """Fit the manifold learner; (model, embedding). ``method='none'`` passes ``x`` through."""
+
+    def transform_manifold(self, model: Any, x: Any) -> Any:
+        """New points into a fitted manifold."""
+
+    def fit_cluster(self, u: Any, cfg: Any, n_clusters: int, seed: int) -> tuple[Any, Any]:
+        """Cluster the embedding; (model, labels)."""
+
+    def predict_cluster(self, model: Any, u: Any) -> Any:
+        """Labels of new points under a fitted clusterer."""
+
+    def kmeans_from_centres(self, centres: Any, seed: int) -> Any:
+        """A fitted K-Means whose centres are exactly ``centres``."""
+
+    def cluster_state(self, model: Any) -> dict[str, np.ndarray]:
+        """The arrays that let the fitted clusterer label new points (empty for DBSCAN)."""
+
+    def cluster_from_state(self, state: dict[str, np.ndarray], seed: int) -> Any:
+        """The fitted clusterer back from :meth:`cluster_state` (None for DBSCAN)."""
+
+    def handoff_record(self) -> dict:
+        """How the codes reached this backend, as it stands now (a new dict each call)."""
+
+
+def get_backend(name: str) -> Backend:
     """The backend object for a resolved name."""
     if name == "cpu":
         from .cpu import CPUBackend
@@ -108,5 +165,5 @@ def get_backend(name: str):
     raise MFVCError(f"unknown backend {name!r}")
 
 
-__all__ = ["BACKENDS", "Placement", "resolve", "check_device", "get_backend", "rapids_available", "rapids_problem",
+__all__ = ["BACKENDS", "Backend", "Placement", "place", "check_device", "get_backend", "rapids_available", "rapids_problem",
            "cuda_available", "RAPIDS_HINT"]

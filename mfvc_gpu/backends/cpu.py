@@ -7,8 +7,8 @@ import warnings
 
 import numpy as np
 
-from ..config import ClusterConfig, ManifoldConfig
 from ..errors import MFVCError
+from ..settings import ClusterConfig, ManifoldConfig
 
 log = logging.getLogger(__name__)
 
@@ -17,6 +17,19 @@ class CPUBackend:
     """Every stage after the encoder on the CPU; arrays are NumPy float32 inside."""
 
     name = "cpu"
+
+    def prepare(self, manifold: ManifoldConfig, n_components: int, seed: int, gpu_memory: str) -> None:
+        """Nothing to set up: every setting runs here."""
+
+    def before_manifold(self, gpu_memory: str, device: str) -> None:
+        """Nothing to hand back: the stages after the encoder allocate host memory."""
+
+    def handoff_record(self) -> dict:
+        """The codes reach this backend as a host array; nothing to record."""
+        return {}
+
+    def all_finite(self, x) -> bool:
+        return bool(np.isfinite(np.asarray(x)).all())
 
     def handoff(self, z) -> np.ndarray:
         """Latent codes (a torch tensor on any device, or an array) as a C-contiguous float32 array."""
@@ -92,6 +105,31 @@ class CPUBackend:
         return KMeans(n_clusters=len(c), init=c, n_init=1, max_iter=1, random_state=seed).fit(c)
 
     def predict_cluster(self, model, u: np.ndarray) -> np.ndarray:
-        if not hasattr(model, "predict"):
+        if not hasattr(model, "predict"):  # scikit-learn's DBSCAN
             raise MFVCError(f"{type(model).__name__} cannot label new points; use cluster='kmeans' or 'gmm' to predict")
         return np.asarray(model.predict(u), dtype=np.int64)
+
+    def cluster_state(self, model) -> dict[str, np.ndarray]:
+        """K-Means centres, or a Gaussian mixture's weights, means and covariances (empty for DBSCAN)."""
+        if hasattr(model, "cluster_centers_"):
+            return {"kmeans_centres": np.asarray(model.cluster_centers_, dtype=np.float32)}
+        if hasattr(model, "means_"):
+            return {f"gmm_{k}": np.asarray(getattr(model, f"{k}_")) for k in GMM_STATE}
+        return {}
+
+    def cluster_from_state(self, state: dict[str, np.ndarray], seed: int):
+        """The fitted clusterer back from :meth:`cluster_state` (None for DBSCAN: it labels no new points)."""
+        if "kmeans_centres" in state:
+            return self.kmeans_from_centres(state["kmeans_centres"], seed)
+        if "gmm_means" in state:
+            from sklearn.mixture import GaussianMixture
+
+            gm = GaussianMixture(n_components=len(state["gmm_means"]), random_state=seed)
+            for k in GMM_STATE:
+                setattr(gm, f"{k}_", state[f"gmm_{k}"])
+            gm.converged_, gm.n_iter_ = True, 0
+            return gm
+        return None
+
+
+GMM_STATE = ("weights", "means", "covariances", "precisions_cholesky")  # what a fitted mixture's predict reads

@@ -51,30 +51,11 @@ def data_pointer(a: Any) -> int:
     raise TypeError(f"no data pointer for {type(a).__name__}")
 
 
-def same_memory(a: Any, b: Any) -> bool:
-    """True when ``a`` and ``b`` start at the same address (a DLPack view, not a copy)."""
-    return data_pointer(a) == data_pointer(b)
-
-
 def as_float_contiguous(t):
     """``t.detach().contiguous().float()``; returns (tensor, copied) where ``copied`` says whether
     that made a new buffer (a non-contiguous or non-float32 input) instead of a view."""
     out = t.detach().contiguous().float()
     return out, out.data_ptr() != t.data_ptr()
-
-
-def torch_to_numpy(t) -> np.ndarray:
-    """A CPU tensor as a NumPy array sharing its memory (DLPack)."""
-    if t.device.type != "cpu":
-        raise ValueError(f"torch_to_numpy takes CPU tensors; this one is on {t.device}")
-    return np.from_dlpack(t.detach())
-
-
-def numpy_to_torch(a: np.ndarray):
-    """A NumPy array as a CPU tensor sharing its memory (DLPack)."""
-    import torch
-
-    return torch.from_dlpack(a)
 
 
 def torch_to_cupy(t):
@@ -93,16 +74,6 @@ def torch_to_cupy(t):
         # work first, so the order holds whatever streams either library uses.
         torch.cuda.current_stream(t.device).synchronize()
         return cupy.from_dlpack(t)
-
-
-def cupy_to_torch(a):
-    """A CuPy array as a CUDA tensor on the same memory, after CuPy's pending work finished."""
-    import torch
-
-    cupy = import_cupy()
-    with cupy.cuda.Device(a.device.id):
-        cupy.cuda.get_current_stream().synchronize()
-        return torch.from_dlpack(a)
 
 
 def to_cupy_float32(x) -> tuple[Any, dict]:
@@ -185,7 +156,6 @@ def trace_device_to_host(result: dict) -> Iterator[dict]:
 
 
 __all__ = [
-    "import_cupy", "is_cupy", "is_cudf", "data_pointer", "same_memory", "as_float_contiguous",
-    "torch_to_numpy", "numpy_to_torch", "torch_to_cupy", "cupy_to_torch", "to_cupy_float32",
+    "import_cupy", "is_cupy", "is_cudf", "data_pointer", "as_float_contiguous", "torch_to_cupy", "to_cupy_float32",
     "device_to_host_from_trace", "trace_device_to_host",
 ]

@@ -29,8 +29,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from ..config import ClusterConfig, ManifoldConfig
 from ..errors import MFVCError
+from ..settings import ClusterConfig, ManifoldConfig
 from ..optional import RAPIDS_HINT, require
 from . import interop
 
@@ -39,12 +39,6 @@ log = logging.getLogger(__name__)
 # --knn value -> cuML UMAP's build_algo
 KNN_BUILDS = {"brute": "brute_force_knn", "nn-descent": "nn_descent"}
 NN_DESCENT_METRICS = ("euclidean", "cosine")  # cuML's nn_descent on dense input
-
-MEASURED_BY = (
-    "device_to_host_bytes_before_labels sums the sizes of the device-to-host transfers this backend makes "
-    "(listed in device_to_host_copies) until the labels exist; copies made inside cuML are not seen by this "
-    "count (run with MFVC_TRACE_COPIES=1 to measure every copy with CUPTI: cupti_device_to_host)"
-)
 
 
 def umap_params(cfg: ManifoldConfig, n_components: int, seed: int) -> dict:
@@ -123,10 +117,6 @@ class OnHost:
 
     def __init__(self, model: Any) -> None:
         self.model = model
-
-    @property
-    def predict(self):  # so that ``hasattr(model, "predict")`` answers as for the wrapped model
-        return self.model.predict
 
 
 class RapidsBackend:
@@ -223,7 +213,6 @@ class RapidsBackend:
             "device_to_host_bytes": 0,
             "device_to_host_copies": [],
             "device_to_host_bytes_before_labels": None,
-            "measured_by": MEASURED_BY,
             "knn_build": None,
             "cpu_fallback": [],
         }
@@ -306,15 +295,51 @@ class RapidsBackend:
                                         output_type="cupy").fit(c)
 
     def predict_cluster(self, model, u):
-        if not hasattr(model, "predict"):
-            raise MFVCError(f"{type(model).__name__} cannot label new points; use cluster='kmeans' or 'gmm' to predict")
         if isinstance(model, OnHost):
             from .cpu import CPUBackend
 
             return CPUBackend().predict_cluster(model.model, self._to_host(u, "gmm predict on the CPU"))
+        if not hasattr(model, "predict"):  # cuML's DBSCAN
+            raise MFVCError(f"{type(model).__name__} cannot label new points; use cluster='kmeans' or 'gmm' to predict")
         cupy = interop.import_cupy()
         with self._device():
             return cupy.asarray(model.predict(u)).astype(cupy.int64)
+
+    def cluster_state(self, model) -> dict[str, np.ndarray]:
+        """cuML K-Means centres (copied to the host), or the state of a clusterer that ran on the CPU."""
+        from .cpu import CPUBackend
+
+        if isinstance(model, OnHost):
+            return CPUBackend().cluster_state(model.model)
+        if hasattr(model, "cluster_centers_"):
+            return {"kmeans_centres": np.asarray(self._to_host(model.cluster_centers_, "K-Means centres"),
+                                                 dtype=np.float32)}
+        return {}
+
+    def cluster_from_state(self, state: dict[str, np.ndarray], seed: int):
+        """A cuML K-Means from saved centres; a Gaussian mixture stays on the CPU (cuML has none)."""
+        from .cpu import CPUBackend
+
+        if "kmeans_centres" in state:
+            return self.kmeans_from_centres(state["kmeans_centres"], seed)
+        model = CPUBackend().cluster_from_state(state, seed)
+        return None if model is None else OnHost(model)
+
+    def handoff_record(self) -> dict:
+        """A snapshot of :attr:`last_handoff` (the backend starts a new record at the next handoff)."""
+        return dict(self.last_handoff)
+
+    def prepare(self, manifold: ManifoldConfig, n_components: int, seed: int, gpu_memory: str) -> None:
+        """Refuse UMAP settings cuML cannot run (before any training), and share the GPU's memory."""
+        if manifold.method == "umap":
+            umap_params(manifold, n_components, seed)
+        share_gpu_memory(gpu_memory)
+
+    def before_manifold(self, gpu_memory: str, device: str) -> None:
+        if device.startswith("cuda"):
+            import torch
+
+            release_torch_cache(gpu_memory, torch.device(device))
 
     # ------------------------------------------------------------ helpers
     def _on_cpu(self, stage: str, method: str, x, run):

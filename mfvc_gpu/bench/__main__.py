@@ -1,7 +1,7 @@
-"""``python -m mfvc_gpu.bench``: the same as ``mfvc-gpu bench``."""
+"""``python -m mfvc_gpu.bench``: the same as ``mfvc-gpu bench`` (the package's command runs it)."""
 
+import runpy
 import sys
 
-from mfvc_gpu.cli import main
-
-sys.exit(main(["bench", *sys.argv[1:]]))
+sys.argv = [sys.argv[0], "bench", *sys.argv[1:]]
+runpy.run_module("mfvc_gpu", run_name="__main__", alter_sys=True)

@@ -63,16 +63,17 @@ class GpuSupport:
 
 
 def probe_gpu(device: str = "auto") -> GpuSupport:
-    """Which GPU rows run, by the package's one placement rule (:func:`mfvc_gpu.backends.resolve`):
+    """Which GPU rows run, by the package's one placement rule (through :func:`mfvc_gpu.resolution.resolve`):
     "auto" uses a GPU when there is one; "cpu" runs no GPU rows; "cuda[:N]" requires one (an
     explicit request never falls back)."""
-    from mfvc_gpu.backends import RAPIDS_HINT, rapids_problem, resolve
+    from mfvc_gpu.backends import RAPIDS_HINT, rapids_problem
     from mfvc_gpu.optional import import_problem
+    from mfvc_gpu.resolution import resolve
 
     if device == "cpu":
         why = "not run (--device cpu)"
         return GpuSupport(None, False, why, why, cupy_note=why)
-    placement = resolve(device, "auto")
+    placement = resolve({"device": device}).placement
     if not placement.on_gpu:
         why = "unavailable: torch sees no CUDA GPU"
         return GpuSupport(None, False, why, why, cupy_note=why)

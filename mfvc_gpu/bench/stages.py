@@ -217,10 +217,11 @@ class Bench:
     def _train(self):
         import torch
 
-        from mfvc_gpu.train import TrainConfig, train_vae
+        from mfvc_gpu.resolution import resolve
+        from mfvc_gpu.train import train_vae
 
         def make_run(x, device):
-            cfg = TrainConfig(epochs=1, batch_size=64)
+            cfg = resolve({"profile": "paper", "device": "cpu", "epochs": 1}).train  # one epoch of the paper's training
             run = lambda model: train_vae(model, x, cfg, torch.device(device), self.s.seed, progress=False)  # noqa: E731
             return dict(setup=self._fresh_model, run=run)
 
@@ -283,7 +284,7 @@ class Bench:
             idx = np.sort(np.random.default_rng(self.s.seed).choice(n, min(n, self.s.trust_sample), replace=False))
             knn = "exact" if n < UMAP_EXACT_BELOW else "nn-descent"
             score = lambda emb, _s, x=x, idx=idx, knn=knn: {"trustworthiness": trust(x, emb, idx), "knn_build": knn}  # noqa: E731
-            settings = [("random_state=0", True, lambda x=x: CPUBackend().fit_manifold(x, ManifoldConfig(), N_CLUSTERS, self.s.seed)[1])]
+            settings = [("random_state=0", True, lambda x=x: CPUBackend().fit_manifold(x, ManifoldConfig(metric="euclidean"), N_CLUSTERS, self.s.seed)[1])]
             if n == vn:
                 settings += [("random_state=None (parallel)", False, lambda x=x: _umap_cpu(x, None)),
                              ("random_state=None low_memory=False", False, lambda x=x: _umap_cpu(x, None, low_memory=False))]
@@ -299,7 +300,7 @@ class Bench:
                 continue
             for knn_opt in ["brute"] + (["nn-descent"] if n == vn else []):
                 g = GpuData(x, self.gpu.device)
-                cfg = ManifoldConfig(knn=knn_opt)
+                cfg = ManifoldConfig(knn=knn_opt, metric="euclidean")
                 yield Case("umap", "gpu", self.gpu.device, "cuml", n, LATENT_DIM, variant=f"knn={knn_opt}", baseline=knn_opt == "brute",
                            prepare=g.prepare, cleanup=g.cleanup,
                            run=lambda g=g, cfg=cfg: g.backend.fit_manifold(g.array, cfg, N_CLUSTERS, self.s.seed)[1],
@@ -311,7 +312,7 @@ class Bench:
         from mfvc_gpu.backends.cpu import CPUBackend
         from mfvc_gpu.config import ClusterConfig
 
-        cfg = ClusterConfig()
+        cfg = ClusterConfig(method="kmeans")
         for n in self.s.sizes:
             u, y = self.blobs(n, N_CLUSTERS, spread=1.5)
             quality = _quality(y)

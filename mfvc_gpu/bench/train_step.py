@@ -37,14 +37,15 @@ def _stepper(x_all: np.ndarray, device, batch: int, compile_mode: str, channels_
 
     from mfvc_gpu.data.loading import unit_float
     from mfvc_gpu.models import BetaVAE, VAEConfig
-    from mfvc_gpu.train import TrainConfig, forward_loss_fn, make_optimizer, memory_format, training_step, use_amp, use_compile
+    from mfvc_gpu.resolution import resolve
+    from mfvc_gpu.train import forward_loss_fn, make_optimizer, memory_format, training_step, use_amp, use_compile
 
     torch.manual_seed(seed)
     model = BetaVAE(VAEConfig())
-    fmt = memory_format(device, channels_last)
+    fmt = memory_format(channels_last)
     model.to(device, memory_format=fmt).train()
-    cfg = TrainConfig(batch_size=batch)
-    opt = make_optimizer(model, cfg, device)
+    cfg = resolve({"profile": "paper", "device": "cpu", "epochs": 1, "batch_size": batch}).train
+    opt = make_optimizer(model, cfg)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=10**9)
     autocast = device.type == "cuda" if amp == "cuda" else use_amp(amp, device)
     fl = forward_loss_fn(model, model.cfg.beta, autocast, device, use_compile(compile_mode, device))
@@ -59,7 +60,7 @@ def _stepper(x_all: np.ndarray, device, batch: int, compile_mode: str, channels_
             total = 0.0
             for _ in range(steps):
                 idx = torch.randint(0, n, (batch,), generator=host_gen).to(device)
-                loss, rec, kl = training_step(model, opt, sched, fl, floats[idx].contiguous(memory_format=fmt))
+                loss, rec, kl = training_step(opt, sched, fl, floats[idx].contiguous(memory_format=fmt))
                 total += loss.item() + rec.item() + kl.item()  # three host syncs a step
             return total
 
@@ -69,7 +70,7 @@ def _stepper(x_all: np.ndarray, device, batch: int, compile_mode: str, channels_
         total = torch.zeros(3, device=device)
         for _ in range(steps):
             idx = torch.randint(0, n, (batch,), generator=gen, device=device)
-            total += training_step(model, opt, sched, fl, unit_float(data[idx]).contiguous(memory_format=fmt))
+            total += training_step(opt, sched, fl, unit_float(data[idx]).contiguous(memory_format=fmt))
         return total
 
     return run

@@ -158,8 +158,3 @@ def locate(spec: DatasetSpec, split: str, data_dir=None) -> list[Path] | None:
 
 def _parts(spec: DatasetSpec, split: str) -> list[str]:
     return list(spec.files) if split == "all" else [split]
-
-
-def resolve_name(name: str) -> DatasetSpec:
-    """The spec for a data-set name (raises KeyError for unknown names)."""
-    return REGISTRY[name.lower()]

@@ -34,9 +34,10 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from ..cli import add_param_flags
 from ..errors import MFVCError
 from ..fileio import atomic_path, make_dirs, write_json
+from ..flags import add_param_flags
+from ..params import stage_params
 
 log = logging.getLogger(__name__)
 
@@ -69,20 +70,23 @@ def _checksum(model: torch.nn.Module) -> float:
     return float(sum(p.detach().double().sum().item() for p in model.parameters()))
 
 
-def given_settings(args: argparse.Namespace, stage: str) -> dict:
-    """The ``stage`` settings given as flags (checked against the table), as dataclass fields."""
-    from ..params import stage_params
+# The flags of this command: the network and training settings of the table, and the profile.
+TRAINING_FLAGS = ("profile", *(p.name for p in stage_params("network") + stage_params("train")))
 
-    return {p.field_name: p.check(getattr(args, p.name)) for p in stage_params(stage) if getattr(args, p.name, None) is not None}
+
+def given_settings(args: argparse.Namespace) -> dict:
+    """The network and training settings given as flags (``profile`` included), by their names in the table."""
+    from ..params import PARAMS
+
+    return {p.name: getattr(args, p.name) for p in PARAMS if p.name in TRAINING_FLAGS and getattr(args, p.name, None) is not None}
 
 
 def train_ddp(args: argparse.Namespace) -> dict | None:
     """One process of a torchrun job: train its replica, and (rank 0) write the weights."""
-    from ..config import PROFILES, profile_for
-    from ..params import stage_params
     from ..data.loading import load_dataset
-    from ..models import BetaVAE, VAEConfig
-    from ..train import TrainConfig, train_vae
+    from ..models import BetaVAE
+    from ..resolution import resolve
+    from ..train import train_vae
 
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
@@ -100,11 +104,10 @@ def train_ddp(args: argparse.Namespace) -> dict | None:
         ds = load_dataset(args.dataset, args.split, args.data_dir)
         images = ds.images[: args.limit] if args.limit else ds.images
         share = images[shard_indices(len(images), rank, world, args.seed)]
-        profile = PROFILES[profile_for(args.profile or "auto", device.type)]
-        base = {p.name: profile[p.name] for p in stage_params("train") if p.name in profile}
-        cfg = TrainConfig(**(base | given_settings(args, "train")))
+        res = resolve(given_settings(args) | {"device": str(device), "backend": "cpu", "random_state": args.seed})
+        cfg = res.train
         torch.manual_seed(args.seed)  # the same initial weights everywhere (DDP also broadcasts rank 0's)
-        net = BetaVAE(VAEConfig(**given_settings(args, "network")))
+        net = BetaVAE(res.vae)
         net.to(device, memory_format=torch.channels_last)
         model = _DDP(net, device_ids=[local_rank] if cuda else None)
         log.info("rank %d/%d: %d images on %s, %d epochs", rank, world, len(share), device, cfg.epochs)
@@ -149,7 +152,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split")
     p.add_argument("--limit", type=int, help="only the first N images (smoke tests)")
     # the network and training settings, from the table (--batch-size is per process)
-    add_param_flags(p, only=lambda q: q.stage in ("network", "train") and (q.field_name is not None or q.name == "profile"))
+    add_param_flags(p, only=lambda q: q.name in TRAINING_FLAGS)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--backend", choices=["nccl", "gloo"], help="default: nccl on CUDA, gloo on the CPU")
     p.add_argument("--cpu", action="store_true", help="train on the CPU even where CUDA is available")

@@ -6,10 +6,10 @@ import logging
 import math
 import time
 import uuid
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
-import torch
 
 from .. import backends
 from ..errors import MFVCError
@@ -26,7 +26,8 @@ TRANSFORM_BATCH = 4096  # rows per umap-learn transform call on a CPU worker
 
 def fit_distributed(est, X, cluster="local", n_workers: int | None = None, *, model=None, sample_size: int = 20_000,
                     partition_rows: int | None = None, batch_size: int = 1024, timeout: float = 900.0):
-    """Fit the :class:`~mfvc_gpu.MFVC` estimator ``est`` on images ``X``, every stage after training on Dask.
+    """Fit the :class:`~mfvc_gpu.MFVC` estimator ``est`` on images ``X``, every stage after training on Dask;
+    the same as ``est.fit_distributed(X, ...)``. Returns ``est``.
 
     Parameters
     ----------
@@ -54,120 +55,131 @@ def fit_distributed(est, X, cluster="local", n_workers: int | None = None, *, mo
     Sets the fitted attributes ``est.fit`` sets, plus ``distributed_``: the workers, how many tasks
     of each stage each worker ran, seconds per stage, and each worker's peak memory.
     """
-    t_start = time.perf_counter()
-    images = est._prepare(X, fitting=True)
-    est._validate(len(images))
-    if est.n_clusters == "auto":
-        raise MFVCError("n_clusters='auto': the Dask path needs a number of clusters; choose one (a run without Dask "
-                        "on a sample can choose it for you)")
-    if est.cluster not in (None, "kmeans"):
-        raise MFVCError(f"cluster={est.cluster!r}: the Dask path clusters with K-Means only; use kmeans or leave out --dask-cluster")
-    if est.manifold not in ("umap", "none"):
-        raise MFVCError(f"manifold={est.manifold!r}: the Dask path runs UMAP or no manifold stage; leave out --dask-cluster for {est.manifold}")
-    if not isinstance(sample_size, int) or sample_size <= est.n_neighbors:
-        raise MFVCError(f"sample_size={sample_size!r} must be an integer above n_neighbors ({est.n_neighbors})")
-    if partition_rows is not None and (not isinstance(partition_rows, int) or partition_rows < 1):
-        raise MFVCError(f"partition_rows={partition_rows!r} must be a positive integer")
-    if model is not None and est.encoder != "vae":
-        raise MFVCError("a trained model was given but encoder='none'; use encoder='vae'")
-    import_distributed()
-    own = isinstance(cluster, str)
-    t0 = time.perf_counter()
-    client = connect(cluster, n_workers, timeout=min(timeout, 120.0)) if own else cluster
-    t_connect = time.perf_counter() - t0
-    try:
-        job = _DaskFit(est, images, client, cluster if own else "client", StageRunner(client, timeout))
-        job.fit(model, sample_size, partition_rows, batch_size)
-    finally:
-        if own:
-            disconnect(client)
-    if own:
-        est.timings_["connect"] = t_connect
-    est.timings_["total"] = time.perf_counter() - t_start
-    return est
+    return est.fit_distributed(X, cluster, n_workers, model=model, sample_size=sample_size,
+                               partition_rows=partition_rows, batch_size=batch_size, timeout=timeout)
 
 
-class _DaskFit:
-    """One distributed fit, stage by stage; fills the estimator's fitted attributes at the end."""
+@dataclass
+class DaskResult:
+    """What a distributed fit produced, for the estimator to keep."""
 
-    def __init__(self, est, images: np.ndarray, client, cluster_name: str, run: StageRunner) -> None:
-        self.est, self.images, self.client, self.cluster_name, self.run = est, images, client, cluster_name, run
-        self.timings: dict[str, float] = {}
+    latent: np.ndarray
+    embedding: np.ndarray
+    labels: np.ndarray
+    manifold_model: Any
+    cluster_model: Any
+    timings: dict[str, float]
+    handoff: dict
+    device: str  # where the workers ran the stages: cuda or cpu
+    note: str
+    record: dict  # becomes est.distributed_
 
-    def fit(self, model, sample_size: int, partition_rows: int | None, batch_size: int) -> None:
-        est, client = self.est, self.client
-        self.probe()
-        model = self.train(model)
-        n, w = len(self.images), len(self.workers)
-        rows = partition_rows or min(65_536, max(256, math.ceil(n / (2 * w))))
-        self.bounds = [(s, min(n, s + rows)) for s in range(0, n, rows)]
-        weights, parts = self.run("scatter", lambda: self.scatter(model))
-        enc_futs, Z = self.encode(model, weights, parts, batch_size)
-        k = est.n_components or est.n_clusters
-        m = min(n, sample_size)
-        fit_worker = None
-        if est.manifold == "umap":
-            fitted = self.run("umap_fit", lambda: self.umap_fit(Z, m, k))
-            est.manifold_model_ = fitted[2]
-            fit_worker = list(client.who_has([fitted[0]]).get(fitted[0].key, ()))
-            U = self.run("umap_transform", lambda: self.umap_transform(Z, fitted, k))
-            sample_points = fitted[3]
-        else:
-            est.manifold_model_, U = None, Z
-            idx = np.sort(np.random.default_rng(est.seed_).choice(n, m, replace=False)) if m < n else np.arange(n)
-            sample_points = Z[idx]
-        est.cluster_model_, labels = self.run("kmeans", lambda: self.kmeans(U, sample_points))
-        z_host, u_host = self.run("gather", lambda: [to_numpy(a) for a in client.compute([Z, U], sync=True)])
-        memory = self.run("memory", lambda: client.run(tasks.peak_memory))
-        for helper in ("memory", "probe"):
-            self.run.stages.pop(helper, None)
-        who = client.who_has(enc_futs)
-        self.finish(labels, z_host, u_host, {
-            "partitions": len(self.bounds),
-            "partition_rows": rows,
-            "encode_partitions_per_worker": {a: sum(a in who.get(f.key, ()) for f in enc_futs) for a in self.workers},
-            "umap_sample": m if est.manifold == "umap" else None,
-            "umap_fit_worker": fit_worker,
-            "kmeans_init": f"scikit-learn KMeans (n_init={est.cluster_config_.n_init}) on the {m}-row sample",
-            "stages": self.run.stages,
-            "peak_memory": memory,
-            "client_peak_memory": tasks.peak_memory(),
-        })
 
-    # ------------------------------------------------------------------ stages
-    def probe(self) -> None:
-        """Which workers there are, and whether they have GPUs and cuML: sets the placement."""
-        client = self.client
-        self.workers_info, probe = self.run("probe", lambda: (client.scheduler_info(n_workers=-1)["workers"], client.run(tasks.probe)))
-        self.workers = sorted(self.workers_info)
-        if not self.workers:
-            raise MFVCError(f"the Dask cluster at {client.scheduler.address} has no workers; start some with 'dask worker ADDRESS'")
-        self.probe_ = probe
-        gpus = bool(probe) and all(p["cuda"] for p in probe.values())
-        rapids = gpus and all(p["rapids"] for p in probe.values())
-        try:
-            placement = backends.resolve(self.est.device, self.est.backend, cuda=gpus, rapids=rapids, dask=True)
-        except MFVCError as exc:
-            raise MFVCError(f"on the Dask workers: {exc}") from exc
-        self.device = "cuda" if placement.on_gpu else "cpu"  # a dask-cuda worker sees its own GPU as cuda:0
-        self.backend = placement.backend
-        self.gpu = self.backend == "rapids"
+class DaskJob:
+    """One distributed fit: connect (a context manager that closes what it started), :meth:`probe` the
+    workers, then :meth:`run` every stage after training. Reads the resolved settings; sets nothing."""
+
+    @staticmethod
+    def check(params: dict, sample_size, partition_rows, model) -> None:
+        """The Dask arguments, refused before any cluster starts."""
+        if not isinstance(sample_size, int) or sample_size <= params["n_neighbors"]:
+            raise MFVCError(f"sample_size={sample_size!r} must be an integer above n_neighbors ({params['n_neighbors']})")
+        if partition_rows is not None and (not isinstance(partition_rows, int) or partition_rows < 1):
+            raise MFVCError(f"partition_rows={partition_rows!r} must be a positive integer")
+        if model is not None and params["encoder"] != "vae":
+            raise MFVCError("a trained model was given but encoder='none'; use encoder='vae'")
+
+    def __init__(self, cluster, n_workers: int | None, timeout: float) -> None:
+        self.cluster, self.n_workers, self.timeout = cluster, n_workers, timeout
+        self.owned = isinstance(cluster, str)
+        self.cluster_name = cluster if self.owned else "client"
+        self.connect_seconds = 0.0
+
+    def __enter__(self) -> DaskJob:
+        import_distributed()
+        t0 = time.perf_counter()
+        self.client = connect(self.cluster, self.n_workers, timeout=min(self.timeout, 120.0)) if self.owned else self.cluster
+        self.connect_seconds = time.perf_counter() - t0
+        self.run_stage = StageRunner(self.client, self.timeout)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.owned:
+            disconnect(self.client)
+
+    def run(self, res, images: np.ndarray, model, sample_size: int, partition_rows: int | None,
+            batch_size: int) -> DaskResult:
+        """Scatter, encode, UMAP (fit on a sample, transform the rest), K-Means, gather."""
+        self.res, self.images, self.timings = res, images, {}
         if not self.gpu:
             require("dask_ml.cluster", "the Dask path on CPU workers", DASK_HINT)
+        client = self.client
+        n, w = len(images), len(self.workers)
+        rows = partition_rows or min(65_536, max(256, math.ceil(n / (2 * w))))
+        self.bounds = [(s, min(n, s + rows)) for s in range(0, n, rows)]
+        weights, parts = self.run_stage("scatter", lambda: self.scatter(model))
+        enc_futs, Z = self.encode(model, weights, parts, batch_size)
+        k = res.n_components
+        m = min(n, sample_size)
+        fit_worker = None
+        umap = res.manifold.method == "umap"
+        if umap:
+            fitted = self.run_stage("umap_fit", lambda: self.umap_fit(Z, m, k))
+            manifold_model = fitted[2]
+            fit_worker = list(client.who_has([fitted[0]]).get(fitted[0].key, ()))
+            U = self.run_stage("umap_transform", lambda: self.umap_transform(Z, fitted, k))
+            sample_points = fitted[3]
+        else:
+            manifold_model, U = None, Z
+            idx = np.sort(np.random.default_rng(res.seed).choice(n, m, replace=False)) if m < n else np.arange(n)
+            sample_points = Z[idx]
+        cluster_model, labels = self.run_stage("kmeans", lambda: self.kmeans(U, sample_points))
+        z_host, u_host = self.run_stage("gather", lambda: [to_numpy(a) for a in client.compute([Z, U], sync=True)])
+        memory = self.run_stage("memory", lambda: client.run(tasks.peak_memory))
+        for helper in ("memory", "probe"):
+            self.run_stage.stages.pop(helper, None)
+        who = client.who_has(enc_futs)
+        self.timings.update({s: r["seconds"] for s, r in self.run_stage.stages.items()})
+        return DaskResult(
+            latent=np.ascontiguousarray(z_host, dtype=np.float32),
+            embedding=np.ascontiguousarray(u_host, dtype=np.float32),
+            labels=np.asarray(labels, dtype=np.int64), manifold_model=manifold_model, cluster_model=cluster_model,
+            device=self.device,
+            timings=self.timings, handoff=self.handoff_record(),
+            note=f"Dask: {w} workers ({self.cluster_name}), {'cuML' if self.gpu else 'umap-learn + dask-ml'}",
+            record=self.record({
+                "partitions": len(self.bounds),
+                "partition_rows": rows,
+                "encode_partitions_per_worker": {a: sum(a in who.get(f.key, ()) for f in enc_futs) for a in self.workers},
+                "umap_sample": m if umap else None,
+                "umap_fit_worker": fit_worker,
+                "kmeans_init": f"scikit-learn KMeans (n_init={res.cluster.n_init}) on the {m}-row sample",
+                "stages": self.run_stage.stages,
+                "peak_memory": memory,
+                "client_peak_memory": tasks.peak_memory(),
+            }))
 
-    def train(self, model):
-        """Train in the client process (Dask is not a training engine), unless ``model`` is given."""
-        est = self.est
-        device = torch.device(backends.resolve(est.device, "cpu").device)
-        est._settle(device.type, kmeans_only=True)
-        est.history_ = []
-        if model is None and est.encoder == "vae":
-            est._train(self.images, device, self.timings)
-            return est.model_
-        if model is not None:
-            est.vae_config_ = model.cfg
-        est.model_ = model
-        return model
+    # ------------------------------------------------------------------ stages
+    def probe(self) -> tuple[bool, bool]:
+        """Which workers there are: (every worker has a CUDA GPU, every worker has cuML too)."""
+        client = self.client
+        self.workers_info, probe = self.run_stage("probe", lambda: (client.scheduler_info(n_workers=-1)["workers"],
+                                                                    client.run(tasks.probe)))
+        self.workers = sorted(self.workers_info)
+        if not self.workers:
+            raise MFVCError(f"the Dask cluster at {client.scheduler.address} has no workers; start some with "
+                            "'dask worker ADDRESS'")
+        self.probe_ = probe
+        gpus = bool(probe) and all(p["cuda"] for p in probe.values())
+        return gpus, gpus and all(p["rapids"] for p in probe.values())
+
+    @property
+    def gpu(self) -> bool:
+        return self.res.placement.backend == "rapids"
+
+    @property
+    def device(self) -> str:
+        return "cuda" if self.res.placement.on_gpu else "cpu"  # a dask-cuda worker sees its own GPU as cuda:0
 
     def scatter(self, model):
         """The weights once to every worker; the image partitions round-robin, each to one worker."""
@@ -199,17 +211,17 @@ class _DaskFit:
             z = da.concatenate([da.from_delayed(f, shape=(e - s, dim), dtype=np.float32, meta=meta) for f, (s, e) in zip(futs, self.bounds)])
             return futs, z, bool(da.isfinite(z).all().compute())
 
-        futs, z, finite = self.run("encode", stage)
+        futs, z, finite = self.run_stage("encode", stage)
         if not finite:
             raise MFVCError("the features contain NaN or infinite values; lower the learning rate or check the input")
         return futs, z
 
     def umap_fit(self, Z, m: int, k: int):
         """UMAP on ``m`` random rows, on one worker; returns (its future, the rows, the model, their embedding)."""
-        est, n = self.est, len(self.images)
-        idx = np.sort(np.random.default_rng(est.seed_).choice(n, m, replace=False)) if m < n else np.arange(n)
+        res, n = self.res, len(self.images)
+        idx = np.sort(np.random.default_rng(res.seed).choice(n, m, replace=False)) if m < n else np.arange(n)
         sample = self.client.compute(Z[idx])
-        f = self.client.submit(tasks.fit_umap, sample, asdict(est.manifold_config_), k, est.seed_, self.gpu, pure=False)
+        f = self.client.submit(tasks.fit_umap, sample, asdict(res.manifold), k, res.seed, self.gpu, pure=False)
         settle([f])
         model, embedding = f.result()
         return f, idx, model, embedding
@@ -255,58 +267,49 @@ class _DaskFit:
         """
         from sklearn.cluster import KMeans
 
-        est = self.est
-        cfg = est.cluster_config_
-        init = KMeans(n_clusters=est.n_clusters, n_init=cfg.n_init, random_state=est.seed_).fit(
+        res = self.res
+        cfg, k, seed = res.cluster, int(res.params["n_clusters"]), res.seed
+        init = KMeans(n_clusters=k, n_init=cfg.n_init, random_state=seed).fit(
             np.asarray(to_numpy(sample_points), dtype=np.float32)).cluster_centers_.astype(np.float32)
         if self.gpu:
             from cuml.dask.cluster import KMeans as DaskKMeans
 
             from ..backends.rapids import kmeans_params
 
-            params = kmeans_params(cfg, est.n_clusters, est.seed_)
+            params = kmeans_params(cfg, k, seed)
             params.pop("output_type", None)  # cuML's Dask K-Means sets the output type itself
             params.update(init=init, n_init=1)
             km = DaskKMeans(client=self.client, **params).fit(U)
             # labels by predict over U, which keeps U's partition order; cuML's labels_ come per worker
-            return backends.get_backend("rapids").kmeans_from_centres(km.cluster_centers_, est.seed_), to_numpy(km.predict(U))
+            return backends.get_backend("rapids").kmeans_from_centres(km.cluster_centers_, seed), to_numpy(km.predict(U))
         from dask_ml.cluster import KMeans as DaskKMeans
 
-        km = DaskKMeans(n_clusters=est.n_clusters, init=init, random_state=est.seed_).fit(U)
-        return backends.get_backend("cpu").kmeans_from_centres(to_numpy(km.cluster_centers_), est.seed_), to_numpy(km.predict(U))
+        km = DaskKMeans(n_clusters=k, init=init, random_state=seed).fit(U)
+        return backends.get_backend("cpu").kmeans_from_centres(to_numpy(km.cluster_centers_), seed), to_numpy(km.predict(U))
 
     # ------------------------------------------------------------------ record
-    def finish(self, labels, z_host, u_host, record: dict) -> None:
-        est, gpu, w = self.est, self.gpu, len(self.workers)
-        est.backend_, est.device_ = self.backend, self.device
-        est.placement_note_ = f"Dask: {w} workers ({self.cluster_name}), {'cuML' if gpu else 'umap-learn + dask-ml'}"
-        est._backend = backends.get_backend(self.backend)
-        est.latent_ = np.ascontiguousarray(z_host, dtype=np.float32)
-        est.embedding_ = np.ascontiguousarray(u_host, dtype=np.float32)
-        est.labels_ = np.asarray(labels, dtype=np.int64)
-        est.n_clusters_, est.k_search_ = int(est.n_clusters), None
-        est._check_fit()
-        est.n_features_in_ = est.latent_.shape[1]
-        est.handoff_ = {"backend": self.backend, "source": "dask", "array": "cupy" if gpu else "numpy", "partitions": len(self.bounds),
-                        "note": "the codes stay on the workers between stages; only the UMAP sample moves to the fitting "
-                                "worker, and codes, embedding and labels come back to the client at the end"}
-        self.timings.update({s: r["seconds"] for s, r in self.run.stages.items()})
-        est.timings_ = self.timings
-        est.distributed_ = {
+    def handoff_record(self) -> dict:
+        return {"backend": self.res.placement.backend, "source": "dask", "array": "cupy" if self.gpu else "numpy",
+                "partitions": len(self.bounds),
+                "note": "the codes stay on the workers between stages; only the UMAP sample moves to the fitting "
+                        "worker, and codes, embedding and labels come back to the client at the end"}
+
+    def record(self, stages: dict) -> dict:
+        gpu, info = self.gpu, self.workers_info
+        return {
             "cluster": self.cluster_name,
             "scheduler": self.client.scheduler.address,
-            "n_workers": w,
-            "workers": {a: {"nthreads": self.workers_info[a].get("nthreads"), "memory_limit": self.workers_info[a].get("memory_limit"),
+            "n_workers": len(self.workers),
+            "workers": {a: {"nthreads": info[a].get("nthreads"), "memory_limit": info[a].get("memory_limit"),
                             **self.probe_.get(a, {})} for a in self.workers},
             "device": self.device,
-            "backend": self.backend,
+            "backend": self.res.placement.backend,
             "engines": {"umap_fit": "cuml.UMAP" if gpu else "umap.UMAP",
-                        "umap_transform": "cuml.dask.manifold.UMAP(model=...)" if gpu else "dask.array.map_blocks(umap.UMAP.transform)",
+                        "umap_transform": "cuml.dask.manifold.UMAP(model=...)" if gpu
+                        else "dask.array.map_blocks(umap.UMAP.transform)",
                         "kmeans": "cuml.dask.cluster.KMeans" if gpu else "dask_ml.cluster.KMeans"},
-            **record,
+            **stages,
         }
 
 
-
-
-__all__ = ["fit_distributed"]
+__all__ = ["fit_distributed", "DaskJob", "DaskResult"]

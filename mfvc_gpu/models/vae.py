@@ -6,16 +6,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..params import stage_dataclass
+from ..settings import VAEConfig
 from .blocks import ResVAEBlock
 
 CHANNELS = (16, 32, 64, 128, 256)
-
-
-VAEConfig = stage_dataclass(
-    "VAEConfig", "network", "Hyperparameters of the network (the ``network`` settings, plus the input shape).",
-    extra=(("in_channels", int, 1), ("image_size", int, 32)), module=__name__,
-)
 
 
 class Encoder(nn.Module):

@@ -24,17 +24,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from mfvc_gpu import MFVC, evaluate, load_dataset
-from mfvc_gpu.backends import resolve
 from mfvc_gpu import __version__
-from mfvc_gpu.config import PROFILES, profile_for, with_profile
 from mfvc_gpu.params import ESTIMATOR_PARAMS
 from mfvc_gpu.data.loading import Dataset
 from mfvc_gpu.data.registry import REGISTRY
 from mfvc_gpu.errors import MFVCError
 from mfvc_gpu.fileio import FileSystemError, atomic_path, make_dirs, write_json
+from mfvc_gpu.resolution import resolve
 
 from .report import hardware_summary
 from .n2d import train_mlp_autoencoder
@@ -132,10 +130,9 @@ class Runner:
     def __init__(self, out: Path, profile: str = "auto", epochs: int | None = None, device: str = "auto",
                  backend: str = "auto", data_dir: str | None = None, limit: int | None = None,
                  compute: bool = True, retry_failed: bool = False) -> None:
-        placement = resolve(device, backend)
-        self.device, self.backend = placement.device, placement.backend
-        self.profile = profile_for(profile, torch.device(self.device).type)
-        self.epochs = int(epochs or PROFILES[self.profile]["epochs"])
+        placed = resolve({"device": device, "backend": backend, "profile": profile, "epochs": epochs})
+        self.device, self.backend = placed.placement.device, placed.placement.backend
+        self.profile, self.epochs = placed.profile, placed.train.epochs
         if limit is not None and limit < 20:
             raise MFVCError(f"--limit {limit}: use at least 20 images")
         self.cache = Path(out) / "cache"
@@ -190,13 +187,22 @@ class Runner:
         name = f"vae-{net['attention']}-{'res' if net['residual'] else 'nores'}"
         return f"{name}-{self.profile}-e{self.epochs}-{_hash(spec)}"
 
+    def resolved(self, given: dict) -> dict:
+        """``given`` settings (over the package's defaults), with the profile's values where left to it. An
+        invalid variant keeps its settings as given: its run then fails with the same error, reported in its row."""
+        try:
+            params = resolve(dict(self.defaults, profile=self.profile, device=self.device, backend=self.backend) | given).params
+        except MFVCError:
+            return dict(given)
+        return {k: params[k] for k in given}
+
     def manifold_params(self, v: Variant | None = None, **override) -> dict:
         """The variant's manifold settings, the profile's where left to it (what keys and fits use)."""
-        return with_profile({k: self.defaults[k] for k in MANIFOLD_KEYS} | (v.manifold if v else {}) | override, self.profile)
+        return self.resolved({k: self.defaults[k] for k in MANIFOLD_KEYS} | (v.manifold if v else {}) | override)
 
     def cluster_params(self, v: Variant) -> dict:
         c = {k: self.defaults[k] for k in CLUSTER_KEYS} | v.cluster
-        return {k: val for k, val in with_profile(c | self.manifold_params(v), self.profile).items() if k in c}
+        return {k: val for k, val in self.resolved(c | self.manifold_params(v)).items() if k in c}
 
     def embedding_key(self, v: Variant) -> str | None:
         m = self.manifold_params(v)

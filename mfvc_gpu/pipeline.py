@@ -1,0 +1,115 @@
+"""The stages after the encoder, as plain functions that return records (the estimator alone keeps them).
+
+:func:`run_stages`: handoff → finiteness check → manifold → (choose K) → cluster, on one backend,
+returning a :class:`Fitted` record; :func:`check_result` refuses a numerically failed fit;
+:func:`row_index` finds which new codes are training codes.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .backends import Backend
+from .errors import MFVCError
+from .resolution import Resolution
+
+
+@dataclass
+class Fitted:
+    """Everything a fit leaves on the estimator; :meth:`mfvc_gpu.MFVC` sets its attributes from it, and
+    ``fit``, ``fit_features``, ``fit_distributed`` and ``load`` all hand it one of these."""
+
+    resolution: Resolution
+    backend: Backend
+    device: str
+    placement_note: str
+    model: Any  # the trained BetaVAE, or None (pixels or given features)
+    history: list[dict]
+    manifold_model: Any
+    cluster_model: Any
+    latent: np.ndarray
+    embedding: np.ndarray
+    labels: np.ndarray
+    n_clusters: int
+    k_search: Any  # a choose_k.KSearch with n_clusters='auto', else None
+    timings: dict[str, float]
+    handoff: dict
+    n_features_in: int | None = None  # feature vectors only (for images it has no meaning)
+    distributed: dict | None = None  # the Dask path's record
+
+
+def run_stages(z, res: Resolution, backend: Backend, timings: dict[str, float]) -> dict[str, Any]:
+    """Handoff, manifold, (K), cluster on ``backend``; the keyword arguments of :class:`Fitted` they produce.
+    Adds each stage's seconds to ``timings``."""
+    t0 = time.perf_counter()
+    feats = backend.handoff(z)
+    timings["handoff"] = time.perf_counter() - t0
+    if not backend.all_finite(feats):
+        raise MFVCError("the features contain NaN or infinite values; lower the learning rate or check the input")
+    backend.before_manifold(res.params["gpu_memory"], res.placement.device)
+    t0 = time.perf_counter()
+    manifold_model, emb = backend.fit_manifold(feats, res.manifold, res.n_components, res.seed)
+    timings["manifold"] = time.perf_counter() - t0
+    k_search = None
+    if res.params["n_clusters"] == "auto":
+        from .choose_k import search_k
+
+        k_search = search_k(np.asarray(backend.to_numpy(emb), dtype=np.float32),
+                            (res.params["k_min"], res.params["k_max"]), seed=res.seed)
+        timings["choose_k"] = k_search.seconds
+    n_clusters = k_search.chosen if k_search else int(res.params["n_clusters"])
+    t0 = time.perf_counter()
+    cluster_model, labels = backend.fit_cluster(emb, res.cluster, n_clusters, res.seed)
+    timings["cluster"] = time.perf_counter() - t0
+    return dict(
+        handoff=backend.handoff_record(),  # as it stands when the labels exist
+        manifold_model=manifold_model, cluster_model=cluster_model, n_clusters=n_clusters, k_search=k_search,
+        latent=np.asarray(backend.to_numpy(feats), dtype=np.float32),
+        embedding=np.asarray(backend.to_numpy(emb), dtype=np.float32),
+        labels=np.asarray(backend.to_numpy(labels), dtype=np.int64),
+    )
+
+
+def check_result(fitted: Fitted) -> None:
+    """Refuse a numerically failed fit with one line: NaN coordinates, codes that all collapsed to one
+    point, or K-Means finding fewer distinct clusters than asked (the points collapsed)."""
+    z, emb, labels = fitted.latent, fitted.embedding, fitted.labels
+    res = fitted.resolution
+    if not np.isfinite(emb).all():
+        raise MFVCError(f"the {res.manifold.method} embedding holds NaN or infinite values: the manifold stage "
+                        "failed numerically; check the input images, or try --manifold none")
+    if len(z) > 1 and float(np.ptp(z, axis=0).max()) <= 1e-7 * max(1.0, float(np.abs(z).max())):
+        raise MFVCError(f"the features collapsed: all {len(z)} images got the same code, so there is nothing to "
+                        "cluster; lower the learning rate (--lr), train longer (--epochs), or check that the images "
+                        "differ")
+    found = len(np.unique(labels[labels >= 0]))
+    if res.cluster.method == "kmeans" and found < fitted.n_clusters:
+        raise MFVCError(f"the embedding collapsed: K-Means found only {found} distinct clusters of the "
+                        f"{fitted.n_clusters} asked, because too few images have distinct codes; lower --n-clusters, "
+                        "lower the learning rate (--lr), or check the input (are many images identical?)")
+
+
+def row_index(reference: np.ndarray, rows: np.ndarray, rtol: float = 1e-4) -> np.ndarray:
+    """For each row of ``rows``, the index of the row of ``reference`` it equals, or -1.
+
+    "Equals" allows float noise: the encoder's kernels differ with the batch size, so the same
+    image encoded in another batch differs in the last bits. A row matches its nearest reference
+    row when every coordinate is within ``rtol`` × the spread of the reference codes.
+    """
+    from sklearn.neighbors import NearestNeighbors
+
+    reference = np.ascontiguousarray(reference, dtype=np.float32)
+    rows = np.ascontiguousarray(rows, dtype=np.float32)
+    if rows.ndim != 2 or rows.shape[1] != reference.shape[1] or len(reference) == 0 or len(rows) == 0:
+        return np.full(len(rows), -1, dtype=np.int64)
+    nearest = NearestNeighbors(n_neighbors=1).fit(reference).kneighbors(rows, return_distance=False)[:, 0]
+    atol = rtol * max(1.0, float(reference.std()))
+    hit = np.abs(reference[nearest] - rows).max(axis=1) <= atol
+    return np.where(hit, nearest, -1).astype(np.int64)
+
+
+__all__ = ["Fitted", "run_stages", "check_result", "row_index"]
