@@ -25,8 +25,10 @@ def main(argv=None) -> int:
     if not runs:
         print(__doc__)
         return 2
-    print("| run | true K | chosen K | runner-up | silhouette at chosen / at true K | best K by Calinski-Harabasz | "
-          "by Davies-Bouldin | search s | UMAP s | ACC at true K |")
+    print(
+        "| run | true K | chosen K | runner-up | silhouette at chosen / at true K | best K by Calinski-Harabasz | "
+        "by Davies-Bouldin | search s | UMAP s | ACC at true K |"
+    )
     print("|---|---:|---:|---:|---|---:|---:|---:|---:|---:|")
     for run in runs:
         m = json.loads((run / "metrics.json").read_text())
@@ -38,8 +40,11 @@ def main(argv=None) -> int:
         ch = max(s.scores, key=lambda r: r["calinski_harabasz"])["k"]
         db = min(s.scores, key=lambda r: r["davies_bouldin"])["k"]
         k = m["n_clusters"]
-        print(f"| {run.name} | {k} | {s.chosen} | {s.runner_up} | {by[s.chosen]['silhouette']:.3f} / {by[k]['silhouette']:.3f} | "
-              f"{ch} | {db} | {s.seconds:.1f} | {m['timings']['manifold']:.1f} | {m.get('acc', float('nan')):.4f} |")
+        print(
+            f"| {run.name} | {k} | {s.chosen} | {s.runner_up} | {by[s.chosen]['silhouette']:.3f} / "
+            f"{by[k]['silhouette']:.3f} | "
+            f"{ch} | {db} | {s.seconds:.1f} | {m['timings']['manifold']:.1f} | {m.get('acc', float('nan')):.4f} |"
+        )
     return 0
 
 

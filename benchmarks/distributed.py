@@ -43,7 +43,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--workers", default="1,2", help="worker counts to compare (default 1,2)")
     p.add_argument("--repeats", type=int, default=3, help="timed fits per worker count (at least 3)")
     p.add_argument("--sample-size", type=int, default=5000, help="rows UMAP is fitted on (default 5000)")
-    p.add_argument("--weights", help="a folder written by 'python -m mfvc_gpu.distributed.ddp' (default: an untrained seeded network)")
+    p.add_argument(
+        "--weights",
+        help="a folder written by 'python -m mfvc_gpu.distributed.ddp' (default: an untrained seeded network)",
+    )
     p.add_argument("--out", type=Path, default=Path("runs/bench-distributed"))
     return p.parse_args(argv)
 
@@ -57,8 +60,12 @@ def single_process(model, images, labels) -> dict:
     z = encode(model, images, torch.device("cpu")).numpy()
     t_encode = time.perf_counter() - t0
     est = MFVC(n_clusters=10, latent_dim=model.cfg.latent_dim, random_state=0).fit_features(z)
-    return {"encode": t_encode, **{k: v for k, v in est.timings_.items()}, "acc": cluster_acc(labels, est.labels_),
-            "torch_threads": torch.get_num_threads()}
+    return {
+        "encode": t_encode,
+        **{k: v for k, v in est.timings_.items()},
+        "acc": cluster_acc(labels, est.labels_),
+        "torch_threads": torch.get_num_threads(),
+    }
 
 
 def run_workers(n_workers: int, model, x, y, args) -> tuple[list[dict], dict]:
@@ -74,10 +81,18 @@ def run_workers(n_workers: int, model, x, y, args) -> tuple[list[dict], dict]:
             est = MFVC(n_clusters=10, latent_dim=model.cfg.latent_dim, random_state=0, progress=False)
             fit_distributed(est, x, client, model=model, sample_size=args.sample_size)
             acc = cluster_acc(y, est.labels_)
-            log.info("%d worker(s), %s: %s, ACC %.4f", n_workers, "warm-up" if rep < 0 else f"repeat {rep + 1}",
-                     ", ".join(f"{s} {est.timings_.get(s, 0):.1f}s" for s in STAGES), acc)
+            log.info(
+                "%d worker(s), %s: %s, ACC %.4f",
+                n_workers,
+                "warm-up" if rep < 0 else f"repeat {rep + 1}",
+                ", ".join(f"{s} {est.timings_.get(s, 0):.1f}s" for s in STAGES),
+                acc,
+            )
             if rep >= 0:
-                rows += [{"workers": n_workers, "rep": rep, "stage": s, "seconds": est.timings_.get(s), "acc": acc} for s in STAGES]
+                rows += [
+                    {"workers": n_workers, "rep": rep, "stage": s, "seconds": est.timings_.get(s), "acc": acc}
+                    for s in STAGES
+                ]
             record = est.distributed_
     finally:
         disconnect(client)
@@ -87,25 +102,44 @@ def run_workers(n_workers: int, model, x, y, args) -> tuple[list[dict], dict]:
 
 def markdown(rows: list[dict], records: dict, ref: dict, args, n: int) -> str:
     counts = sorted({r["workers"] for r in rows})
-    med = {(w, s): statistics.median(r["seconds"] for r in rows if r["workers"] == w and r["stage"] == s) for w in counts for s in STAGES}
+    med = {
+        (w, s): statistics.median(r["seconds"] for r in rows if r["workers"] == w and r["stage"] == s)
+        for w in counts
+        for s in STAGES
+    }
     accs = {w: [r["acc"] for r in rows if r["workers"] == w and r["stage"] == "total"] for w in counts}
-    lines = [f"# Dask path, {n} MNIST-test images, {' vs '.join(map(str, counts))} local workers (one thread each)", "",
-             f"Command: `python benchmarks/distributed.py {' '.join(shlex.quote(a) for a in sys.argv[1:])}`  ",
-             f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores (shared); "
-             f"torch {torch.__version__}; median of {args.repeats} repeats after one warm-up; "
-             f"load average at the end {', '.join(f'{v:.2f}' for v in os.getloadavg())}.", "",
-             "| stage | " + " | ".join(f"{w} worker{'s' if w > 1 else ''} (s)" for w in counts) + " | speed-up |",
-             "|---|" + "---|" * len(counts) + "---|"]
+    lines = [
+        f"# Dask path, {n} MNIST-test images, {' vs '.join(map(str, counts))} local workers (one thread each)",
+        "",
+        f"Command: `python benchmarks/distributed.py {' '.join(shlex.quote(a) for a in sys.argv[1:])}`  ",
+        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores (shared); "
+        f"torch {torch.__version__}; median of {args.repeats} repeats after one warm-up; "
+        f"load average at the end {', '.join(f'{v:.2f}' for v in os.getloadavg())}.",
+        "",
+        "| stage | " + " | ".join(f"{w} worker{'s' if w > 1 else ''} (s)" for w in counts) + " | speed-up |",
+        "|---|" + "---|" * len(counts) + "---|",
+    ]
     for s in STAGES:
         speed = med[(counts[0], s)] / med[(counts[-1], s)] if med[(counts[-1], s)] else float("nan")
         lines.append(f"| {s} | " + " | ".join(f"{med[(w, s)]:.2f}" for w in counts) + f" | {speed:.2f}× |")
-    lines += ["", "| | " + " | ".join(f"{w} worker{'s' if w > 1 else ''}" for w in counts) + " |", "|---|" + "---|" * len(counts),
-              "| ACC (per repeat) | " + " | ".join(", ".join(f"{a:.4f}" for a in accs[w]) for w in counts) + " |",
-              "| peak RSS per worker (MiB) | " + " | ".join(
-                  ", ".join(f"{m['peak_rss_bytes'] / 2**20:.0f}" for m in records[w]["peak_memory"].values()) for w in counts) + " |",
-              "| cluster start (s) | " + " | ".join(f"{records[w]['cluster_start_s']:.1f}" for w in counts) + " |", "",
-              f"Single process (this process, {ref['torch_threads']} torch threads; UMAP on every row, scikit-learn K-Means): "
-              f"encode {ref['encode']:.2f} s, UMAP {ref['manifold']:.2f} s, K-Means {ref['cluster']:.2f} s, ACC {ref['acc']:.4f}.", ""]
+    lines += [
+        "",
+        "| | " + " | ".join(f"{w} worker{'s' if w > 1 else ''}" for w in counts) + " |",
+        "|---|" + "---|" * len(counts),
+        "| ACC (per repeat) | " + " | ".join(", ".join(f"{a:.4f}" for a in accs[w]) for w in counts) + " |",
+        "| peak RSS per worker (MiB) | "
+        + " | ".join(
+            ", ".join(f"{m['peak_rss_bytes'] / 2**20:.0f}" for m in records[w]["peak_memory"].values()) for w in counts
+        )
+        + " |",
+        "| cluster start (s) | " + " | ".join(f"{records[w]['cluster_start_s']:.1f}" for w in counts) + " |",
+        "",
+        f"Single process (this process, {ref['torch_threads']} torch threads; UMAP on every row, scikit-learn "
+        "K-Means): "
+        f"encode {ref['encode']:.2f} s, UMAP {ref['manifold']:.2f} s, K-Means {ref['cluster']:.2f} s, ACC "
+        f"{ref['acc']:.4f}.",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -138,7 +172,9 @@ def main(argv=None) -> int:
         wr = csv.DictWriter(f, fieldnames=["workers", "rep", "stage", "seconds", "acc"])
         wr.writeheader()
         wr.writerows(rows)
-    (args.out / "distributed.json").write_text(json.dumps({"single_process": ref, "records": records}, indent=2, default=str))
+    (args.out / "distributed.json").write_text(
+        json.dumps({"single_process": ref, "records": records}, indent=2, default=str)
+    )
     text = markdown(rows, records, ref, args, len(x))
     (args.out / "distributed.md").write_text(text)
     print(text)

@@ -52,8 +52,15 @@ def _version(module: str) -> str | None:
 def environment() -> dict:
     import torch
 
-    env = dict(python=sys.version.split()[0], torch=torch.__version__, torch_cuda=torch.version.cuda,
-               cuda_available=torch.cuda.is_available(), cupy=_version("cupy"), cuml=_version("cuml"), cudf=_version("cudf"))
+    env = dict(
+        python=sys.version.split()[0],
+        torch=torch.__version__,
+        torch_cuda=torch.version.cuda,
+        cuda_available=torch.cuda.is_available(),
+        cupy=_version("cupy"),
+        cuml=_version("cuml"),
+        cudf=_version("cudf"),
+    )
     if env["cuda_available"]:
         env["gpu"] = torch.cuda.get_device_name(0)
     return env
@@ -89,8 +96,15 @@ def dlpack_figures(n: int = 70_000, d: int = 32) -> dict:
         a = interop.torch_to_cupy(z)
     seconds = time.perf_counter() - t0
     back = torch.from_dlpack(a)  # and back: the same memory again
-    return dict(shape=[n, d], torch_ptr=z.data_ptr(), cupy_ptr=int(a.data.ptr), same_pointer=z.data_ptr() == int(a.data.ptr),
-                back_to_torch_ptr=back.data_ptr(), seconds_traced=round(seconds, 4), cupti_device_to_host=rec)
+    return dict(
+        shape=[n, d],
+        torch_ptr=z.data_ptr(),
+        cupy_ptr=int(a.data.ptr),
+        same_pointer=z.data_ptr() == int(a.data.ptr),
+        back_to_torch_ptr=back.data_ptr(),
+        seconds_traced=round(seconds, 4),
+        cupti_device_to_host=rec,
+    )
 
 
 def mnist_70k(data_dir: str | None):
@@ -105,7 +119,9 @@ def mnist_70k(data_dir: str | None):
             return load_dataset("mnist", split="all", data_dir=d).images, "mnist (70k)"
         except MFVCError:
             continue
-    return np.random.default_rng(0).integers(0, 256, (70_000, 1, 32, 32), dtype=np.uint8), "random uint8 (70k, MNIST-sized)"
+    return np.random.default_rng(0).integers(
+        0, 256, (70_000, 1, 32, 32), dtype=np.uint8
+    ), "random uint8 (70k, MNIST-sized)"
 
 
 def training_figures(data_dir: str | None, budget_s: float) -> dict:
@@ -125,11 +141,19 @@ def training_figures(data_dir: str | None, budget_s: float) -> dict:
     for r in rows:
         per_variant.setdefault(r["variant"], []).append(round(r["images_per_s"]))
     # the fastest of the loop's own options (the old synced loop is there for its ratio), by median
-    best = max(((v, statistics.median(s)) for v, s in per_variant.items() if not v.startswith("eager, synced")),
-               key=lambda kv: kv[1])
-    out = dict(images=source, batch=64, images_per_s=per_variant, ratios=ratios(rows),
-               warmup_s={r["variant"]: round(r["warmup_s"], 1) for r in rows},
-               projected_paper_protocol_s=round(200 * len(x) / best[1], 1), fastest=best[0])
+    best = max(
+        ((v, statistics.median(s)) for v, s in per_variant.items() if not v.startswith("eager, synced")),
+        key=lambda kv: kv[1],
+    )
+    out = dict(
+        images=source,
+        batch=64,
+        images_per_s=per_variant,
+        ratios=ratios(rows),
+        warmup_s={r["variant"]: round(r["warmup_s"], 1) for r in rows},
+        projected_paper_protocol_s=round(200 * len(x) / best[1], 1),
+        fastest=best[0],
+    )
     model = BetaVAE(VAEConfig()).cuda()
     torch.cuda.synchronize()
     t0 = time.perf_counter()
@@ -140,13 +164,24 @@ def training_figures(data_dir: str | None, budget_s: float) -> dict:
         torch.cuda.reset_peak_memory_stats()
         compile_mode = "on" if best[0].startswith("compiled") else "off"
         t0 = time.perf_counter()
-        hist = train_vae(BetaVAE(VAEConfig()), x, TrainConfig(epochs=200, batch_size=64, lr=0.005, compile=compile_mode),
-                         torch.device("cuda"), 0, progress=False)
-        out["paper_protocol"] = dict(seconds=round(time.perf_counter() - t0, 1), compile=compile_mode,
-                                     final_loss=round(hist[-1]["loss"], 3),
-                                     peak_gpu_mib=round(torch.cuda.max_memory_allocated() / 2**20))
+        hist = train_vae(
+            BetaVAE(VAEConfig()),
+            x,
+            TrainConfig(epochs=200, batch_size=64, lr=0.005, compile=compile_mode),
+            torch.device("cuda"),
+            0,
+            progress=False,
+        )
+        out["paper_protocol"] = dict(
+            seconds=round(time.perf_counter() - t0, 1),
+            compile=compile_mode,
+            final_loss=round(hist[-1]["loss"], 3),
+            peak_gpu_mib=round(torch.cuda.max_memory_allocated() / 2**20),
+        )
     else:
-        out["paper_protocol"] = f"skipped: projected {out['projected_paper_protocol_s']} s exceeds the {budget_s:.0f} s left"
+        out["paper_protocol"] = (
+            f"skipped: projected {out['projected_paper_protocol_s']} s exceeds the {budget_s:.0f} s left"
+        )
     return out
 
 
@@ -154,8 +189,13 @@ def load_images(data_dir: str | None):
     from mfvc_gpu import load_dataset
     from mfvc_gpu.errors import MFVCError
 
-    candidates = [data_dir, os.environ.get("MFVC_TEST_MNIST_DIR"), REPO.parent / "shared" / "data" / "mnist",
-                  REPO / "shared" / "data" / "mnist", None]
+    candidates = [
+        data_dir,
+        os.environ.get("MFVC_TEST_MNIST_DIR"),
+        REPO.parent / "shared" / "data" / "mnist",
+        REPO / "shared" / "data" / "mnist",
+        None,
+    ]
     for d in candidates:
         try:
             return load_dataset("mnist", split="test", data_dir=d)
@@ -176,12 +216,28 @@ def end_to_end(data_dir: str | None, epochs: int, with_cuml: bool) -> dict:
     ds = load_images(data_dir)
     # UMAP needs cuML (GPU) or umap-learn (mixed mode); with neither, K-Means clusters the codes directly
     manifold = "umap" if with_cuml or _version("umap") else "none"
-    est = MFVC(n_clusters=ds.n_classes, epochs=epochs, batch_size=256, device="cuda", backend="auto", progress=False,
-               manifold=manifold, random_state=0).fit(ds.images)
-    res = dict(dataset=ds.name, n=len(ds), epochs=epochs, backend=est.backend_, device=est.device_, note=est.placement_note_,
-               manifold=manifold if manifold == "umap" else "none (skipped UMAP: neither cuML nor umap-learn is installed)",
-               acc=round(cluster_acc(ds.labels, est.labels_), 4), timings={k: round(v, 3) for k, v in est.timings_.items()},
-               handoff=est.handoff_)
+    est = MFVC(
+        n_clusters=ds.n_classes,
+        epochs=epochs,
+        batch_size=256,
+        device="cuda",
+        backend="auto",
+        progress=False,
+        manifold=manifold,
+        random_state=0,
+    ).fit(ds.images)
+    res = dict(
+        dataset=ds.name,
+        n=len(ds),
+        epochs=epochs,
+        backend=est.backend_,
+        device=est.device_,
+        note=est.placement_note_,
+        manifold=manifold if manifold == "umap" else "none (skipped UMAP: neither cuML nor umap-learn is installed)",
+        acc=round(cluster_acc(ds.labels, est.labels_), 4),
+        timings={k: round(v, 3) for k, v in est.timings_.items()},
+        handoff=est.handoff_,
+    )
     if with_cuml and est.backend_ == "rapids":
         z = torch.from_numpy(np.ascontiguousarray(est.latent_)).cuda()
         os.environ["MFVC_TRACE_COPIES"] = "1"
@@ -190,10 +246,13 @@ def end_to_end(data_dir: str | None, epochs: int, with_cuml: bool) -> dict:
                 traced = MFVC(n_clusters=ds.n_classes, knn=knn, device="cuda", backend="rapids").fit_features(z)
                 h = traced.handoff_
                 res[f"traced_{knn}"] = dict(
-                    acc=round(cluster_acc(ds.labels, traced.labels_), 4), knn_build=h.get("knn_build"),
-                    same_pointer=h.get("same_pointer"), backend_bytes_before_labels=h.get("device_to_host_bytes_before_labels"),
+                    acc=round(cluster_acc(ds.labels, traced.labels_), 4),
+                    knn_build=h.get("knn_build"),
+                    same_pointer=h.get("same_pointer"),
+                    backend_bytes_before_labels=h.get("device_to_host_bytes_before_labels"),
                     cupti_bytes_before_labels=h.get("cupti_device_to_host_bytes_before_labels"),
-                    cupti_per_stage=h.get("cupti_device_to_host"))
+                    cupti_per_stage=h.get("cupti_device_to_host"),
+                )
         finally:
             os.environ.pop("MFVC_TRACE_COPIES", None)
     return res
@@ -254,8 +313,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\ntotal {report['seconds']} s")
     if args.json:
         args.json.write_text(json.dumps(report, indent=2, default=str))
-    failed = (report.get("tests", {}).get("returncode", 0) not in (0, 5)
-              or any("error" in report.get(k, {}) for k in ("end_to_end", "training")))
+    failed = report.get("tests", {}).get("returncode", 0) not in (0, 5) or any(
+        "error" in report.get(k, {}) for k in ("end_to_end", "training")
+    )
     return 1 if failed else 0
 
 

@@ -59,8 +59,12 @@ def parse_sizes(text: str) -> list[int]:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python benchmarks/memory.py", description=__doc__.strip().splitlines()[0])
     p.add_argument("--sizes", default="100k,1M", help="numbers of images, e.g. 100k,1M (default)")
-    p.add_argument("--encode-max", default="1M", help="encode only sizes up to this (CPU encoding runs at about "
-                                                    "1,300 images/s on 2 cores: 1M takes 13 minutes); default 1M")
+    p.add_argument(
+        "--encode-max",
+        default="1M",
+        help="encode only sizes up to this (CPU encoding runs at about "
+        "1,300 images/s on 2 cores: 1M takes 13 minutes); default 1M",
+    )
     p.add_argument("--json", help="also write the figures to this file")
     a = p.parse_args(argv)
     import torch
@@ -73,13 +77,25 @@ def main(argv=None) -> int:
             print(f"n={n}: failed: {r.stderr.strip().splitlines()[-1] if r.stderr.strip() else r.returncode}")
             continue
         rows.append(json.loads(r.stdout.strip().splitlines()[-1]))
-    print(f"Machine: {platform.processor() or platform.machine()}, Python {platform.python_version()}, torch {torch.__version__}")
-    print("| images | 28×28 input MiB | 32×32 uint8 storage MiB | codes MiB | peak RSS after input | after convert | after encode | convert s | encode s |")
+    print(
+        f"Machine: {platform.processor() or platform.machine()}, Python {platform.python_version()}, torch "
+        f"{torch.__version__}"
+    )
+    print(
+        "| images | 28×28 input MiB | 32×32 uint8 storage MiB | codes MiB | peak RSS after input | after "
+        "convert | after encode | convert s | encode s |"
+    )
     print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        enc = (f"{r['codes_mib']:.0f}", f"{r['after_encode_mib']:.0f}", f"{r['encode_s']:.1f}") if "encode_s" in r else ("—",) * 3
-        print(f"| {r['n']:,} | {r['input_mib']:.0f} | {r['storage_mib']:.0f} | {enc[0]} | {r['after_input_mib']:.0f} | "
-              f"{r['after_convert_mib']:.0f} | {enc[1]} | {r['convert_s']:.1f} | {enc[2]} |")
+        enc = (
+            (f"{r['codes_mib']:.0f}", f"{r['after_encode_mib']:.0f}", f"{r['encode_s']:.1f}")
+            if "encode_s" in r
+            else ("—",) * 3
+        )
+        print(
+            f"| {r['n']:,} | {r['input_mib']:.0f} | {r['storage_mib']:.0f} | {enc[0]} | {r['after_input_mib']:.0f} | "
+            f"{r['after_convert_mib']:.0f} | {enc[1]} | {r['convert_s']:.1f} | {enc[2]} |"
+        )
     if a.json:
         from mfvc_gpu.fileio import write_json
 

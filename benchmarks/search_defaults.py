@@ -64,17 +64,57 @@ POINTS: dict[str, tuple[str, dict]] = {
     "cosine+gmm+nn=15": ("manifold", {"metric": "cosine", "cluster": "gmm", "n_neighbors": 15}),
     "n_init=50": ("manifold", {"n_init": 50}),
 }
-GRID_BASE = {"network": {}, "manifold": {"metric": "euclidean", "cluster": "kmeans"}}  # the paper's (PROFILES["paper"])
-# every network point also clustered the paper's way ("beta=0.1+paper"), as the search before the fast profile's clustering
-POINTS |= {f"{name}+paper": ("network", changes | GRID_BASE["manifold"]) for name, (grid, changes) in list(POINTS.items())
-           if grid == "network" and name != "default"}
+GRID_BASE = {"network": {}, "manifold": {"metric": "euclidean", "cluster": "kmeans"}}  # the paper's profile's
+# every network point also clustered the paper's way ("beta=0.1+paper"), which is how the first search
+# measured it
+POINTS |= {
+    f"{name}+paper": ("network", changes | GRID_BASE["manifold"])
+    for name, (grid, changes) in list(POINTS.items())
+    if grid == "network" and name != "default"
+}
 DATASETS = ("fashion-mnist-test", "mnist-test")
-COLUMNS = ("grid", "point", "dataset", "seed", "status", "acc", "nmi", "ari", "purity", "train_s", "manifold_s",
-           "cluster_s", "total_s", "latent_dim", "beta", "decoder", "weight_decay", "batch_size", "lr", "epochs", "amp",
-           "n_neighbors", "min_dist", "metric", "cluster", "n_init", "error")
+COLUMNS = (
+    "grid",
+    "point",
+    "dataset",
+    "seed",
+    "status",
+    "acc",
+    "nmi",
+    "ari",
+    "purity",
+    "train_s",
+    "manifold_s",
+    "cluster_s",
+    "total_s",
+    "latent_dim",
+    "beta",
+    "decoder",
+    "weight_decay",
+    "batch_size",
+    "lr",
+    "epochs",
+    "amp",
+    "n_neighbors",
+    "min_dist",
+    "metric",
+    "cluster",
+    "n_init",
+    "error",
+)
 
-FASHION_CLASSES = ("T-shirt/top", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag",
-                   "ankle boot")
+FASHION_CLASSES = (
+    "T-shirt/top",
+    "trouser",
+    "pullover",
+    "dress",
+    "coat",
+    "sandal",
+    "shirt",
+    "sneaker",
+    "bag",
+    "ankle boot",
+)
 
 log = logging.getLogger("search_defaults")
 
@@ -103,8 +143,16 @@ def row_of(runner, grid: str, name: str, changes: dict, dataset: str, seed: int,
     row.update(grid=grid, point=name, dataset=dataset, seed=seed, status=rec["status"])
     if rec["status"] == "ok":
         sec = rec["seconds"]
-        row.update(acc=rec["acc"], nmi=rec["nmi"], ari=rec.get("ari"), purity=rec["purity"], train_s=sec.get("train"),
-                   manifold_s=sec.get("manifold"), cluster_s=sec.get("cluster"), total_s=rec["total_s"])
+        row.update(
+            acc=rec["acc"],
+            nmi=rec["nmi"],
+            ari=rec.get("ari"),
+            purity=rec["purity"],
+            train_s=sec.get("train"),
+            manifold_s=sec.get("manifold"),
+            cluster_s=sec.get("cluster"),
+            total_s=rec["total_s"],
+        )
     else:
         row["error"] = rec.get("error") or rec.get("reason")
     return row
@@ -112,22 +160,27 @@ def row_of(runner, grid: str, name: str, changes: dict, dataset: str, seed: int,
 
 def summary_lines(rows: list[dict]) -> list[str]:
     """Markdown: per point and data set, mean ± std of ACC and NMI over the seeds that finished, seconds."""
+
     def ms(vals):
         if not vals:
             return "—"
         return f"{statistics.mean(vals):.4f} ± {statistics.stdev(vals):.4f}" if len(vals) > 1 else f"{vals[0]:.4f}"
 
-    out = ["| grid | point | data set | seeds | ACC | NMI | ARI | train s | UMAP s | per-seed ACC |",
-           "|---|---|---|---:|---|---|---|---:|---:|---|"]
+    out = [
+        "| grid | point | data set | seeds | ACC | NMI | ARI | train s | UMAP s | per-seed ACC |",
+        "|---|---|---|---:|---|---|---|---:|---:|---|",
+    ]
     keys = list(dict.fromkeys((r["grid"], r["point"], r["dataset"]) for r in rows))
     for grid, point, ds in keys:
         ok = [r for r in rows if (r["grid"], r["point"], r["dataset"]) == (grid, point, ds) and r["status"] == "ok"]
         if not ok:
             continue
         acc = [r["acc"] for r in ok]
-        out.append(f"| {grid} | {point} | {ds} | {len(ok)} | {ms(acc)} | {ms([r['nmi'] for r in ok])} | "
-                   f"{ms([r['ari'] for r in ok])} | {statistics.mean(r['train_s'] for r in ok):.0f} | "
-                   f"{statistics.mean(r['manifold_s'] for r in ok):.0f} | {', '.join(f'{a:.4f}' for a in acc)} |")
+        out.append(
+            f"| {grid} | {point} | {ds} | {len(ok)} | {ms(acc)} | {ms([r['nmi'] for r in ok])} | "
+            f"{ms([r['ari'] for r in ok])} | {statistics.mean(r['train_s'] for r in ok):.0f} | "
+            f"{statistics.mean(r['manifold_s'] for r in ok):.0f} | {', '.join(f'{a:.4f}' for a in acc)} |"
+        )
     return out
 
 
@@ -155,7 +208,9 @@ def write_outputs(out: Path, rows: list[dict], command: str) -> None:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--grid", choices=["network", "manifold", "all"], default="all", help="which points (default all)")
     p.add_argument("--points", help=f"comma-separated subset of: {', '.join(POINTS)}")
     p.add_argument("--datasets", nargs="+", default=list(DATASETS), help=f"default {' '.join(DATASETS)}")
@@ -173,7 +228,11 @@ def main(argv=None) -> int:
     from mfvc_gpu.reproduce.runner import Runner
     from mfvc_gpu.reproduce.variants import DatasetUnavailable
 
-    names = [n.strip() for n in a.points.split(",")] if a.points else [n for n, (g, _) in POINTS.items() if a.grid in ("all", g)]
+    names = (
+        [n.strip() for n in a.points.split(",")]
+        if a.points
+        else [n for n, (g, _) in POINTS.items() if a.grid in ("all", g)]
+    )
     unknown = [n for n in names if n not in POINTS]
     if unknown:
         print(f"search_defaults: unknown point(s) {', '.join(unknown)}; known: {', '.join(POINTS)}", file=sys.stderr)
@@ -188,7 +247,9 @@ def main(argv=None) -> int:
             changes = settings_of(grid, changes)
             epochs = changes.get("epochs")
             if epochs not in runners:
-                runners[epochs] = Runner(a.out, "fast", epochs, "auto", "auto", a.data_dir, a.limit, compute=not a.report_only)
+                runners[epochs] = Runner(
+                    a.out, "fast", epochs, "auto", "auto", a.data_dir, a.limit, compute=not a.report_only
+                )
             runner, v = runners[epochs], variant_of(name, changes)
             for ds in a.datasets:
                 for seed in a.seeds:
@@ -203,13 +264,24 @@ def main(argv=None) -> int:
                         continue
                     rows.append(row_of(runner, grid, name, changes, ds, seed, rec))
                     r = rows[-1]
-                    log.info("%-18s %-18s seed %d: %s ACC %s NMI %s (%s, %.0f s)", name, ds, seed, r["status"],
-                             f"{r['acc']:.4f}" if r.get("acc") is not None else "—",
-                             f"{r['nmi']:.4f}" if r.get("nmi") is not None else "—",
-                             "cached" if rec.get("cached") else "computed", time.perf_counter() - t0)
+                    log.info(
+                        "%-18s %-18s seed %d: %s ACC %s NMI %s (%s, %.0f s)",
+                        name,
+                        ds,
+                        seed,
+                        r["status"],
+                        f"{r['acc']:.4f}" if r.get("acc") is not None else "—",
+                        f"{r['nmi']:.4f}" if r.get("nmi") is not None else "—",
+                        "cached" if rec.get("cached") else "computed",
+                        time.perf_counter() - t0,
+                    )
                     write_outputs(a.out, rows, command)
                     if a.confusion and rec["status"] == "ok":  # the data set loaded above, or raises DatasetUnavailable
-                        lines = [f"# {name}, {ds}, seed {seed}: ACC {r['acc']:.4f}\n", *confusion_lines(runner, v, ds, seed), ""]
+                        lines = [
+                            f"# {name}, {ds}, seed {seed}: ACC {r['acc']:.4f}\n",
+                            *confusion_lines(runner, v, ds, seed),
+                            "",
+                        ]
                         write_atomic(a.out / "search" / f"confusion-{name}-{ds}-seed{seed}.md", "\n".join(lines))
                         print("\n".join(lines))
     except KeyboardInterrupt:

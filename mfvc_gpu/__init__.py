@@ -20,9 +20,21 @@ from .errors import MFVCError
 __version__ = "0.1.0"
 
 _LAZY = {
-    "MFVC": "estimator", "PARAMS": "params", "PROFILES": "params", "RunConfig": "config", "ManifoldConfig": "config",
-    "ClusterConfig": "config", "VAEConfig": "settings", "TrainConfig": "settings", "load_dataset": "data", "fetch": "data", "evaluate": "metrics",
-    "cluster_acc": "metrics", "nmi": "metrics", "purity": "metrics", "ari": "metrics",
+    "MFVC": "estimator",
+    "PARAMS": "params",
+    "PROFILES": "params",
+    "RunConfig": "config",
+    "ManifoldConfig": "config",
+    "ClusterConfig": "config",
+    "VAEConfig": "settings",
+    "TrainConfig": "settings",
+    "load_dataset": "data",
+    "fetch": "data",
+    "evaluate": "metrics",
+    "cluster_acc": "metrics",
+    "nmi": "metrics",
+    "purity": "metrics",
+    "ari": "metrics",
 }
 
 __all__ = ["MFVCError", "__version__", *_LAZY]

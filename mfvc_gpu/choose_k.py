@@ -36,12 +36,24 @@ class KSearch:
     criterion: str = "silhouette"
 
     def to_dict(self) -> dict:
-        return dict(criterion=self.criterion, chosen=self.chosen, runner_up=self.runner_up, seconds=round(self.seconds, 3),
-                    sample=self.sample, scores=self.scores)
+        return dict(
+            criterion=self.criterion,
+            chosen=self.chosen,
+            runner_up=self.runner_up,
+            seconds=round(self.seconds, 3),
+            sample=self.sample,
+            scores=self.scores,
+        )
 
 
-def search_k(embedding: np.ndarray, k_range: tuple[int, int] = DEFAULT_RANGE, *, n_init: int = 3, seed: int = 0,
-             sample: int = 5000) -> KSearch:
+def search_k(
+    embedding: np.ndarray,
+    k_range: tuple[int, int] = DEFAULT_RANGE,
+    *,
+    n_init: int = 3,
+    seed: int = 0,
+    sample: int = 5000,
+) -> KSearch:
     """Score K = k_range[0] … k_range[1] (inclusive) on ``embedding`` (N, d) and pick the best."""
     from sklearn.cluster import KMeans
     from sklearn.metrics import calinski_harabasz_score, davies_bouldin_score, silhouette_score
@@ -57,9 +69,15 @@ def search_k(embedding: np.ndarray, k_range: tuple[int, int] = DEFAULT_RANGE, *,
         labels = km.labels_
         if len(np.unique(labels)) < 2:
             continue  # one cluster only: no silhouette
-        out.scores.append(dict(
-            k=k, silhouette=float(silhouette_score(xs, labels)), calinski_harabasz=float(calinski_harabasz_score(xs, labels)),
-            davies_bouldin=float(davies_bouldin_score(xs, labels)), inertia=float(km.inertia_)))
+        out.scores.append(
+            dict(
+                k=k,
+                silhouette=float(silhouette_score(xs, labels)),
+                calinski_harabasz=float(calinski_harabasz_score(xs, labels)),
+                davies_bouldin=float(davies_bouldin_score(xs, labels)),
+                inertia=float(km.inertia_),
+            )
+        )
     if not out.scores:
         raise ValueError(f"no K in {lo}..{hi} could be scored on {len(x)} points")
     ranked = sorted(out.scores, key=lambda s: -s["silhouette"])

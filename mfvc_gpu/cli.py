@@ -2,8 +2,8 @@
 
 Every failure ends with one line on stderr, never a traceback: exit status 2 for what the user
 can fix (a bad setting or file, a full or read-only disk, a diverging loss), 130 for Ctrl-C and
-143 for SIGTERM (128 + the signal, as a shell reports them; a cluster run then continues with ``--resume``), 1 for an unexpected error (``-v``
-shows its traceback).
+143 for SIGTERM (128 + the signal, as a shell reports them; a cluster run then continues with ``--resume``),
+1 for an unexpected error (``-v`` shows its traceback).
 """
 
 from __future__ import annotations
@@ -36,14 +36,20 @@ def one_line(text: object) -> str:
 
 
 def _add_cluster(sub) -> None:
-    p = sub.add_parser("cluster", help="cluster a data set and write a run folder",
-                       description="Train the β-VAE, embed with UMAP, cluster (K-Means, or the fast profile's Gaussian mixture); write OUT/. "
-                                   "Every setting has a flag; --config starts from a config.yaml (flags win).")
+    p = sub.add_parser(
+        "cluster",
+        help="cluster a data set and write a run folder",
+        description="Train the β-VAE, embed with UMAP, cluster (K-Means, or the fast profile's Gaussian mixture); "
+        "write OUT/. Every setting has a flag; --config starts from a config.yaml (flags win).",
+    )
     add_param_flags(p)
     a = p.add_argument
     a("--columns", help="for a .csv/.parquet --dataset: comma-separated feature columns (default: all columns)")
-    a("--dask-cluster", help="run encoding, UMAP and K-Means on Dask: local (CPU worker processes), local-cuda "
-                             "(one worker per GPU, dask-cuda) or a scheduler address tcp://HOST:PORT (default: no Dask)")
+    a(
+        "--dask-cluster",
+        help="run encoding, UMAP and K-Means on Dask: local (CPU worker processes), local-cuda "
+        "(one worker per GPU, dask-cuda) or a scheduler address tcp://HOST:PORT (default: no Dask)",
+    )
     a("--n-workers", type=int, help="Dask workers to start (local, local-cuda) or to wait for (an address)")
     a("--config", type=Path, help="a config.yaml to start from, e.g. a run folder's (flags win)")
     a("--out", type=Path, help="run folder to write (default runs/<dataset>-seed<seed>)")
@@ -68,11 +74,21 @@ def cmd_cluster(a: argparse.Namespace) -> int:
 
     cfg = config_from_args(a)
     out = a.out or Path("runs") / f"{Path(cfg.dataset).stem}-seed{cfg.random_state}"
-    metrics = run_cluster(cfg, out, resume=a.resume, overwrite=a.overwrite, progress=not a.no_progress, columns=a.columns,
-                          dask_cluster=a.dask_cluster, n_workers=a.n_workers)
+    metrics = run_cluster(
+        cfg,
+        out,
+        resume=a.resume,
+        overwrite=a.overwrite,
+        progress=not a.no_progress,
+        columns=a.columns,
+        dask_cluster=a.dask_cluster,
+        n_workers=a.n_workers,
+    )
     scores = "  ".join(f"{k.upper()} {metrics[k]:.4f}" for k in ("acc", "nmi", "purity", "ari") if k in metrics)
-    print(f"{metrics['dataset']}: {metrics['n_samples']} samples, {metrics['n_clusters']} clusters, "
-          f"profile {metrics['profile']}, device {metrics['device']}, backend {metrics['backend']}")
+    print(
+        f"{metrics['dataset']}: {metrics['n_samples']} samples, {metrics['n_clusters']} clusters, "
+        f"profile {metrics['profile']}, device {metrics['device']}, backend {metrics['backend']}"
+    )
     if scores:
         print(scores)
     print("seconds: " + ", ".join(f"{k} {v:.1f}" for k, v in metrics["timings"].items()))
@@ -84,13 +100,21 @@ def _add_apply(sub) -> None:
     """``predict`` and ``transform``: a saved model on new images."""
     from .params import BY_NAME
 
-    for name, helptext in (("predict", "label images with a saved model (labels.csv; --embedding for the coordinates)"),
-                           ("transform", "embed images with a saved model (the UMAP coordinates as .npy or .csv)")):
+    for name, helptext in (
+        ("predict", "label images with a saved model (labels.csv; --embedding for the coordinates)"),
+        ("transform", "embed images with a saved model (the UMAP coordinates as .npy or .csv)"),
+    ):
         p = sub.add_parser(name, help=helptext, description=helptext[0].upper() + helptext[1:] + ".")
-        p.add_argument("--model", type=Path, required=True, help="a model folder: a run folder's model/, or MFVC.save's")
+        p.add_argument(
+            "--model", type=Path, required=True, help="a model folder: a run folder's model/, or MFVC.save's"
+        )
         p.add_argument("--dataset", required=True, help=BY_NAME["dataset"].help)
-        p.add_argument("--out", type=Path, required=name == "transform",
-                       help="labels.csv to write" if name == "predict" else "the coordinates: a .npy or .csv file")
+        p.add_argument(
+            "--out",
+            type=Path,
+            required=name == "transform",
+            help="labels.csv to write" if name == "predict" else "the coordinates: a .npy or .csv file",
+        )
         if name == "predict":
             p.add_argument("--embedding", type=Path, help="also write the coordinates (.npy or .csv)")
         add_param_flags(p, only=lambda q: q.name in APPLY_SETTINGS, table_defaults=True)
@@ -105,10 +129,24 @@ def cmd_apply(a: argparse.Namespace) -> int:
     from .predict import run_predict
 
     labels_out, emb_out = (a.out, a.embedding) if a.command == "predict" else (None, a.out)
-    r = run_predict(a.model, a.dataset, labels_out, embedding=emb_out, split=a.split, data_dir=a.data_dir,
-                    pixel_max=a.pixel_max, bad_images=a.bad_images, device=a.device, backend=a.backend, overwrite=a.overwrite)
+    r = run_predict(
+        a.model,
+        a.dataset,
+        labels_out,
+        embedding=emb_out,
+        split=a.split,
+        data_dir=a.data_dir,
+        pixel_max=a.pixel_max,
+        bad_images=a.bad_images,
+        device=a.device,
+        backend=a.backend,
+        overwrite=a.overwrite,
+    )
     sizes = ", ".join(f"{c}: {n}" for c, n in r["cluster_sizes"].items())
-    print(f"{r['dataset']}: {r['n_samples']} images in {r['seconds']:.1f} s (device {r['device']}, backend {r['backend']})")
+    print(
+        f"{r['dataset']}: {r['n_samples']} images in {r['seconds']:.1f} s (device {r['device']}, backend "
+        f"{r['backend']})"
+    )
     if a.command == "predict":
         print(f"clusters (images): {sizes}")
     scores = "  ".join(f"{k.upper()} {r[k]:.4f}" for k in ("acc", "nmi", "purity", "ari") if k in r)
@@ -121,7 +159,10 @@ def cmd_apply(a: argparse.Namespace) -> int:
 def _add_datasets(sub) -> None:
     p = sub.add_parser("datasets", help="list, verify or fetch data sets")
     dsub = p.add_subparsers(dest="action", required=True)
-    for name, helptext in (("list", "each data set: found or not, where, size"), ("verify", "check found files against published checksums")):
+    for name, helptext in (
+        ("list", "each data set: found or not, where, size"),
+        ("verify", "check found files against published checksums"),
+    ):
         q = dsub.add_parser(name, help=helptext)
         q.add_argument("--data-dir", help="folder searched first")
         q.add_argument("--json", action="store_true", help="machine-readable output")
@@ -160,6 +201,7 @@ def cmd_datasets(a: argparse.Namespace) -> int:
 
 def _printing(command):
     """The bench and reproduce handlers return (status, lines of output); the CLI prints them."""
+
     def run(a: argparse.Namespace) -> int:
         status, lines = command(a)
         for line in lines:
@@ -172,15 +214,19 @@ def _printing(command):
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__, bench, reproduce
 
-    parser = _Parser(prog="mfvc-gpu", description="MFVC deep image clustering (β-VAE → UMAP → K-Means or GMM) on GPU or CPU")
+    parser = _Parser(
+        prog="mfvc-gpu", description="MFVC deep image clustering (β-VAE → UMAP → K-Means or GMM) on GPU or CPU"
+    )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log every step")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_cluster(sub)
     _add_apply(sub)
     _add_datasets(sub)
-    for mod, name, helptext in ((bench, "bench", "time every stage, GPU against CPU"),
-                                (reproduce, "reproduce", "regenerate the paper's tables and figures")):
+    for mod, name, helptext in (
+        (bench, "bench", "time every stage, GPU against CPU"),
+        (reproduce, "reproduce", "regenerate the paper's tables and figures"),
+    ):
         p = sub.add_parser(name, help=helptext, description=(mod.__doc__ or helptext).strip().splitlines()[0])
         mod.add_arguments(p)
         p.set_defaults(func=_printing(mod.main))
@@ -198,15 +244,20 @@ def _raise_terminated(signum, frame):
 def _interrupted_message(command: str | None, exc: BaseException) -> str:
     what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
     if command == "cluster":
-        return f"{what}; the run folder was not written: rerun the same command with --resume to continue from the last finished epoch"
+        return (
+            f"{what}; the run folder was not written: rerun the same command with --resume to continue from the "
+            "last finished epoch"
+        )
     if command == "reproduce":
         return f"{what}; finished results are cached: rerun the same command to continue"
     return f"{what}; nothing was left half-written"
 
 
 def _numerical_message(exc: BaseException) -> str:
-    return (f"training diverged ({one_line(exc)}); lower the learning rate (e.g. --lr 0.0005) or check the input "
-            "images (their pixel range, NaNs)")
+    return (
+        f"training diverged ({one_line(exc)}); lower the learning rate (e.g. --lr 0.0005) or check the input "
+        "images (their pixel range, NaNs)"
+    )
 
 
 def _memory_message(exc: BaseException) -> str:
@@ -242,7 +293,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
-        logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+        logging.basicConfig(
+            level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+        )
         if args.verbose:
             return int(args.func(args) or 0)
         with warnings.catch_warnings(record=True) as caught:  # the libraries' warnings, held until the outcome is known
@@ -270,8 +323,11 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         if getattr(args, "verbose", False):
             raise
-        print(f"mfvc-gpu: internal error: {type(exc).__name__}: {one_line(exc)[:500]} "
-              "(rerun with -v for the traceback, and please report it)", file=sys.stderr)
+        print(
+            f"mfvc-gpu: internal error: {type(exc).__name__}: {one_line(exc)[:500]} "
+            "(rerun with -v for the traceback, and please report it)",
+            file=sys.stderr,
+        )
         return 1
     finally:
         if in_main:

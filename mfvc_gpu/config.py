@@ -103,7 +103,9 @@ def _read_yaml(path: Path) -> dict:
     except OSError as exc:
         raise MFVCError(f"cannot read the config {path}: {exc.strerror or exc}; check the path") from exc
     except UnicodeDecodeError as exc:
-        raise MFVCError(f"cannot read the config {path}: it is not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+        raise MFVCError(
+            f"cannot read the config {path}: it is not UTF-8 text ({exc.reason} at byte {exc.start})"
+        ) from exc
     except yaml.YAMLError as exc:
         raise MFVCError(f"cannot read the config {path}: {_yaml_problem(exc)}") from exc
     if not isinstance(data, dict):

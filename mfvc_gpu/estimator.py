@@ -20,13 +20,13 @@ from sklearn.base import BaseEstimator, ClusterMixin, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
 from .backends import get_backend, interop
-from .data.loading import to_images, unit_float
+from .data.loading import to_images
 from .errors import MFVCError
 from .params import params_docstring
-from .pipeline import Fitted, check_result, row_index, run_stages
+from .pipeline import Fitted, check_result, encode_codes, row_index, run_stages
 from .resolution import Resolution, check, resolve
 from .settings import EstimatorParams
-from .train import encode, fit_vae
+from .train import fit_vae
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +73,9 @@ class MFVC(EstimatorParams, ClusterMixin, TransformerMixin, BaseEstimator):
         device = torch.device(res.train_device)
         log.info("training the β-VAE: profile %s, %d epochs on %s", res.profile, res.train.epochs, device)
         t0 = time.perf_counter()
-        model, history = fit_vae(res.vae, data, res.train, device, res.seed, self.checkpoint, self.resume,
-                                 self.progress)
+        model, history = fit_vae(
+            res.vae, data, res.train, device, res.seed, self.checkpoint, self.resume, self.progress
+        )
         timings["train"] = time.perf_counter() - t0
         return model, history
 
@@ -83,9 +84,18 @@ class MFVC(EstimatorParams, ClusterMixin, TransformerMixin, BaseEstimator):
         seed resolved. Feeding it back (a run folder's ``config.yaml``) reproduces the fit."""
         check_is_fitted(self, "labels_")
         t = self.train_config_
-        return dict(self.get_params(), profile=self.profile_, epochs=t.epochs, batch_size=t.batch_size, lr=t.lr,
-                    metric=self.manifold_config_.metric, cluster=self.cluster_config_.method,
-                    device=self.device_, backend=self.backend_, random_state=self.seed_)
+        return dict(
+            self.get_params(),
+            profile=self.profile_,
+            epochs=t.epochs,
+            batch_size=t.batch_size,
+            lr=t.lr,
+            metric=self.manifold_config_.metric,
+            cluster=self.cluster_config_.method,
+            device=self.device_,
+            backend=self.backend_,
+            random_state=self.seed_,
+        )
 
     # ------------------------------------------------------------------ input
     def _prepare(self, X, fitting: bool, name: str = "X"):
@@ -102,8 +112,10 @@ class MFVC(EstimatorParams, ClusterMixin, TransformerMixin, BaseEstimator):
         if X.ndim in (3, 4) and X.dtype != object:
             return to_images(X, 32, name, self.pixel_max)
         if not features_ok:
-            raise MFVCError(f"{name} has shape {X.shape}: the network clusters images (N, H, W) or (N, C, H, W); "
-                            "for feature vectors use encoder='none' or fit_features")
+            raise MFVCError(
+                f"{name} has shape {X.shape}: the network clusters images (N, H, W) or (N, C, H, W); "
+                "for feature vectors use encoder='none' or fit_features"
+            )
         return self._validate_features(X, fitting)
 
     def _validate_features(self, Z, fitting: bool) -> np.ndarray:
@@ -119,20 +131,8 @@ class MFVC(EstimatorParams, ClusterMixin, TransformerMixin, BaseEstimator):
         ``X``: (N, H, W) or (N, C, H, W) images, uint8 or floats in [0, 1]; resized to 32×32.
         With ``encoder='none'`` also (N, D) feature vectors. ``y`` is ignored.
         """
-        t_start = time.perf_counter()
-        data = self._prepare(X, fitting=True)
-        images = data.ndim == 4
-        res = self._resolve(len(data))
-        backend = get_backend(res.placement.backend)
-        backend.prepare(res.manifold, res.n_components, res.seed, res.params["gpu_memory"])
-        timings: dict[str, float] = {}
-        model, history = self._train(data, res, timings) if self.encoder == "vae" else (None, [])
-        z, timings["encode"] = _features(model, data, torch.device(res.placement.device))
-        stages = run_stages(z, res, backend, timings)
-        timings["total"] = time.perf_counter() - t_start
-        self._set_fitted(Fitted(res, backend, res.placement.device, res.placement.note, model, history,
-                                timings=timings, n_features_in=None if images else data.shape[1], **stages))
-        return self
+        t0 = time.perf_counter()
+        return self._fit(self._prepare(X, fitting=True), t0, encode=True)
 
     def fit_predict(self, X, y=None) -> np.ndarray:
         """``fit(X)`` and return ``labels_``."""
@@ -146,19 +146,39 @@ class MFVC(EstimatorParams, ClusterMixin, TransformerMixin, BaseEstimator):
         t0 = time.perf_counter()
         if not (isinstance(Z, torch.Tensor) or interop.is_cupy(Z)):  # device arrays are checked on the device
             Z = self._validate_features(Z, fitting=True)
-        res = self._resolve(len(Z))
+        return self._fit(Z, t0, encode=False)
+
+    def _fit(self, data, t0: float, encode: bool) -> MFVC:
+        """Resolve, train (images with ``encoder='vae'``), encode (``encode``), then the stages after the encoder."""
+        res = self._resolve(len(data))
         backend = get_backend(res.placement.backend)
         backend.prepare(res.manifold, res.n_components, res.seed, res.params["gpu_memory"])
         timings: dict[str, float] = {}
-        stages = run_stages(Z, res, backend, timings)
+        model, history = self._train(data, res, timings) if encode and self.encoder == "vae" else (None, [])
+        z = data
+        if encode:
+            z, timings["encode"] = encode_codes(model, data, torch.device(res.placement.device))
+        stages = run_stages(z, res, backend, timings)
         timings["total"] = time.perf_counter() - t0
-        self._set_fitted(Fitted(res, backend, res.placement.device, res.placement.note, None, [], timings=timings,
-                                n_features_in=int(Z.shape[1]), **stages))
+        n_features = None if data.ndim == 4 else int(data.shape[1])  # images: no feature count
+        place = res.placement
+        fitted = Fitted(res, backend, place.device, place.note, model, history, timings=timings, **stages)
+        fitted.n_features_in = n_features
+        self._set_fitted(fitted)
         return self
 
-    def fit_distributed(self, X, cluster="local", n_workers: int | None = None, *, model=None,
-                        sample_size: int = 20_000, partition_rows: int | None = None, batch_size: int = 1024,
-                        timeout: float = 900.0) -> MFVC:
+    def fit_distributed(
+        self,
+        X,
+        cluster="local",
+        n_workers: int | None = None,
+        *,
+        model=None,
+        sample_size: int = 20_000,
+        partition_rows: int | None = None,
+        batch_size: int = 1024,
+        timeout: float = 900.0,
+    ) -> MFVC:
         """Fit on images ``X`` with every stage after training on Dask workers (K-Means only, with UMAP or
         no manifold stage); see :func:`mfvc_gpu.distributed.fit_distributed` for the arguments. Sets the
         attributes ``fit`` sets, plus ``distributed_``: the workers, tasks per worker, seconds per stage,
@@ -180,10 +200,27 @@ class MFVC(EstimatorParams, ClusterMixin, TransformerMixin, BaseEstimator):
             result = job.run(res, images, model, sample_size, partition_rows, batch_size)
         timings |= result.timings | ({"connect": job.connect_seconds} if job.owned else {})
         timings["total"] = time.perf_counter() - t_start
-        self._set_fitted(Fitted(res, get_backend(res.placement.backend), result.device, result.note, model,
-                                history, result.manifold_model, result.cluster_model, result.latent, result.embedding,
-                                result.labels, int(res.params["n_clusters"]), None, timings, result.handoff,
-                                n_features_in=result.latent.shape[1], distributed=result.record))
+        self._set_fitted(
+            Fitted(
+                res,
+                get_backend(res.placement.backend),
+                result.device,
+                result.note,
+                model,
+                history,
+                result.manifold_model,
+                result.cluster_model,
+                result.latent,
+                result.embedding,
+                result.labels,
+                int(res.params["n_clusters"]),
+                None,
+                timings,
+                result.handoff,
+                n_features_in=result.latent.shape[1],
+                distributed=result.record,
+            )
+        )
         return self
 
     # ------------------------------------------------------------------ inference
@@ -194,7 +231,7 @@ class MFVC(EstimatorParams, ClusterMixin, TransformerMixin, BaseEstimator):
         if self.model_ is None:
             flat = data.reshape(len(data), -1)
             return flat.astype(np.float32) / 255.0 if flat.dtype == np.uint8 else flat
-        z, _ = _features(self.model_, data, torch.device(self.device_))
+        z, _ = encode_codes(self.model_, data, torch.device(self.device_))
         return np.asarray(self._backend.to_numpy(self._backend.handoff(z)), dtype=np.float32)
 
     def _manifold(self):
@@ -202,10 +239,14 @@ class MFVC(EstimatorParams, ClusterMixin, TransformerMixin, BaseEstimator):
         time a new point needs it (umap-learn's and cuML's UMAP hold indexes that are not saved)."""
         if self.manifold_model_ is None and self.manifold_config_.method != "none":
             b = self._backend
-            log.info("rebuilding the %s model from the %d saved latent codes", self.manifold_config_.method,
-                     len(self.latent_))
-            self.manifold_model_, _ = b.fit_manifold(b.handoff(self.latent_), self.manifold_config_,
-                                                     self.resolution_.n_components, self.seed_)
+            log.info(
+                "rebuilding the %s model from the %d saved latent codes",
+                self.manifold_config_.method,
+                len(self.latent_),
+            )
+            self.manifold_model_, _ = b.fit_manifold(
+                b.handoff(self.latent_), self.manifold_config_, self.resolution_.n_components, self.seed_
+            )
         return self.manifold_model_
 
     def transform(self, X) -> np.ndarray:
@@ -220,8 +261,9 @@ class MFVC(EstimatorParams, ClusterMixin, TransformerMixin, BaseEstimator):
         new = seen < 0
         if new.any():
             b = self._backend
-            out[new] = np.asarray(b.to_numpy(b.transform_manifold(self._manifold(), b.handoff(z[new]))),
-                                  dtype=np.float32)
+            out[new] = np.asarray(
+                b.to_numpy(b.transform_manifold(self._manifold(), b.handoff(z[new]))), dtype=np.float32
+            )
         return out, seen
 
     def transform_predict(self, X) -> tuple[np.ndarray, np.ndarray]:
@@ -249,13 +291,29 @@ class MFVC(EstimatorParams, ClusterMixin, TransformerMixin, BaseEstimator):
         from .persistence import SavedModel, write_model
 
         check_is_fitted(self, "labels_")
-        return write_model(path, SavedModel(
-            params=self.resolved_params(), vae=self.vae_config_, train=self.train_config_,
-            manifold=self.manifold_config_, cluster=self.cluster_config_, profile=self.profile_,
-            backend=self.backend_, device=self.device_, seed=self.seed_, n_clusters=self.n_clusters_,
-            k_search=self.k_search_, timings=self.timings_, history=self.history_, latent=self.latent_,
-            embedding=self.embedding_, labels=self.labels_, cluster_state=self._backend.cluster_state(self.cluster_model_),
-            network=self.model_))
+        return write_model(
+            path,
+            SavedModel(
+                params=self.resolved_params(),
+                vae=self.vae_config_,
+                train=self.train_config_,
+                manifold=self.manifold_config_,
+                cluster=self.cluster_config_,
+                profile=self.profile_,
+                backend=self.backend_,
+                device=self.device_,
+                seed=self.seed_,
+                n_clusters=self.n_clusters_,
+                k_search=self.k_search_,
+                timings=self.timings_,
+                history=self.history_,
+                latent=self.latent_,
+                embedding=self.embedding_,
+                labels=self.labels_,
+                cluster_state=self._backend.cluster_state(self.cluster_model_),
+                network=self.model_,
+            ),
+        )
 
     @classmethod
     def load(cls, path, device: str = "auto", backend: str = "auto") -> MFVC:
@@ -266,27 +324,39 @@ class MFVC(EstimatorParams, ClusterMixin, TransformerMixin, BaseEstimator):
 
         saved = read_model(path)
         est = cls(**dict(saved.params, device=device, backend=backend, checkpoint=None, resume=False))
-        res = replace(est._resolve(len(saved.latent)), profile=saved.profile, seed=saved.seed, vae=saved.vae,
-                      train=saved.train, manifold=saved.manifold, cluster=saved.cluster)
+        res = replace(
+            est._resolve(len(saved.latent)),
+            profile=saved.profile,
+            seed=saved.seed,
+            vae=saved.vae,
+            train=saved.train,
+            manifold=saved.manifold,
+            cluster=saved.cluster,
+        )
         b = get_backend(res.placement.backend)
         model = None if saved.network is None else saved.network.to(res.placement.device).eval()
-        est._set_fitted(Fitted(res, b, res.placement.device, res.placement.note, model, saved.history, None,
-                               b.cluster_from_state(saved.cluster_state, saved.seed), saved.latent, saved.embedding,
-                               saved.labels, saved.n_clusters, saved.k_search, saved.timings, {},
-                               n_features_in=saved.latent.shape[1] if model is None else None), check=False)
+        est._set_fitted(
+            Fitted(
+                res,
+                b,
+                res.placement.device,
+                res.placement.note,
+                model,
+                saved.history,
+                None,
+                b.cluster_from_state(saved.cluster_state, saved.seed),
+                saved.latent,
+                saved.embedding,
+                saved.labels,
+                saved.n_clusters,
+                saved.k_search,
+                saved.timings,
+                {},
+                n_features_in=saved.latent.shape[1] if model is None else None,
+            ),
+            check=False,
+        )
         return est
-
-
-def _features(model, data: np.ndarray, device: torch.device):
-    """The codes of ``data`` on ``device`` (the network's μ, or the pixels in [0, 1]) and the seconds taken."""
-    t0 = time.perf_counter()
-    if model is not None:
-        z = encode(model, data, device)
-    else:
-        z = unit_float(torch.from_numpy(np.ascontiguousarray(data.reshape(len(data), -1))).to(device))
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return z, time.perf_counter() - t0
 
 
 MFVC.__doc__ = f"""Deep image clustering: β-VAE (Res-VAE-Blocks, SimAM, early fusion) → UMAP → K-Means.

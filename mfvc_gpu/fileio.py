@@ -41,7 +41,7 @@ _ADVICE = {
     errno.EROFS: "choose a folder on a writable file system",
     errno.ENAMETOOLONG: "choose a shorter name",
     errno.ENOENT: "check that the folder exists and accepts new files (virtual file systems such as /proc do not); "
-                  "choose another location",
+    "choose another location",
     errno.ENOTDIR: "a part of the path is a file, not a folder; choose another location",
     errno.EISDIR: "a folder stands where a file must go; remove it or choose another location",
     errno.EEXIST: "something already stands there; remove it or choose another location",
@@ -90,8 +90,9 @@ def _disk_full(path: str | os.PathLike) -> bool:
     except OSError:
         return False
     free = st.f_bavail * st.f_frsize
-    return bool(st.f_bavail == 0 or free < min(1 << 20, st.f_blocks * st.f_frsize // 100)
-                or (st.f_files and st.f_favail == 0))
+    return bool(
+        st.f_bavail == 0 or free < min(1 << 20, st.f_blocks * st.f_frsize // 100) or (st.f_files and st.f_favail == 0)
+    )
 
 
 def os_error(path: str | os.PathLike, exc: OSError, doing: str = "write") -> FileSystemError:
@@ -374,6 +375,20 @@ def publish_dir(work: str | os.PathLike, out: str | os.PathLike) -> Path:
     return out
 
 
-__all__ = ["atomic_path", "write_bytes", "write_text", "write_json", "write_torch", "publish_dir", "recover_dir",
-           "remove_stale_temps",
-           "make_dirs", "os_error", "user_os_errors", "temp_name", "aside_name", "deferred_signals", "FileSystemError"]
+__all__ = [
+    "atomic_path",
+    "write_bytes",
+    "write_text",
+    "write_json",
+    "write_torch",
+    "publish_dir",
+    "recover_dir",
+    "remove_stale_temps",
+    "make_dirs",
+    "os_error",
+    "user_os_errors",
+    "temp_name",
+    "aside_name",
+    "deferred_signals",
+    "FileSystemError",
+]

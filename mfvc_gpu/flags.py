@@ -9,6 +9,7 @@ from .params import PARAMS, Param
 
 def flag_type(param: Param):
     """argparse ``type`` for a setting: its kind, with 'none' accepted where None is."""
+
     def convert(text: str):
         if param.optional and text.lower() in ("none", "null"):
             return None
@@ -39,8 +40,15 @@ def add_param_flags(parser: argparse.ArgumentParser, only=None, table_defaults: 
         if p.kind is bool:
             group.add_argument(*flags, dest=p.name, action=argparse.BooleanOptionalAction, default=default, help=text)
         else:
-            group.add_argument(*flags, dest=p.name, type=flag_type(p), choices=list(p.choices) if p.choices else None,
-                               default=default, metavar=None if p.choices else p.name.upper(), help=text)
+            group.add_argument(
+                *flags,
+                dest=p.name,
+                type=flag_type(p),
+                choices=list(p.choices) if p.choices else None,
+                default=default,
+                metavar=None if p.choices else p.name.upper(),
+                help=text,
+            )
 
 
 __all__ = ["add_param_flags", "flag_type"]

@@ -50,4 +50,6 @@ def ari(y_true, y_pred) -> float:
 
 def evaluate(y_true, y_pred) -> dict[str, float]:
     """All four scores in one dict: acc, nmi, purity, ari."""
-    return dict(acc=cluster_acc(y_true, y_pred), nmi=nmi(y_true, y_pred), purity=purity(y_true, y_pred), ari=ari(y_true, y_pred))
+    return dict(
+        acc=cluster_acc(y_true, y_pred), nmi=nmi(y_true, y_pred), purity=purity(y_true, y_pred), ari=ari(y_true, y_pred)
+    )

@@ -22,8 +22,16 @@ TABLES_HINT = "install pandas and pyarrow ('pip install mfvc_gpu[tables]')"
 
 
 # How the libraries are called in messages (their import names are not their names).
-NAMES = {"cuml": "cuML", "cuml.dask": "cuML's Dask API", "cupy": "CuPy", "cudf": "cuDF", "dask_cuda": "dask-cuda",
-         "distributed": "dask.distributed", "dask_ml.cluster": "dask-ml", "pyarrow.parquet": "pyarrow"}
+NAMES = {
+    "cuml": "cuML",
+    "cuml.dask": "cuML's Dask API",
+    "cupy": "CuPy",
+    "cudf": "cuDF",
+    "dask_cuda": "dask-cuda",
+    "distributed": "dask.distributed",
+    "dask_ml.cluster": "dask-ml",
+    "pyarrow.parquet": "pyarrow",
+}
 
 
 def import_problem(module: str) -> str | None:

@@ -103,6 +103,7 @@ class Param:
     def check(self, value: Any) -> Any:
         """``value`` if valid (ints given for floats become floats), else :class:`MFVCError`
         naming the setting, the value and the valid range."""
+
         def bad() -> MFVCError:
             return MFVCError(f"{self.name}={value!r} is invalid: must be {self.valid()}")
 
@@ -149,7 +150,8 @@ PARAMS: tuple[Param, ...] = (
     P("bad_images", str, "error", "data", "an image file in a folder that cannot be read: 'error' names it and stops, "
       "'skip' leaves it out and says how many were left out", choices=("error", "skip"), estimator=False),
     P("pixel_max", float, None, "data", "the value of a white pixel; None: 255 for 8-bit images, 65535 for 16-bit, "
-      "1.0 for floats (float pixels outside [0, 1] are then refused)", low=0.0, open_low=True, optional=True, field=None),
+      "1.0 for floats (float pixels outside [0, 1] are then refused)", low=0.0, open_low=True, optional=True,
+      field=None),
     # the clustering target
     P("n_clusters", int, 10, "cluster", "number of clusters, and UMAP's output dimension unless n_components is set; "
       "'auto': chosen by the silhouette over k_min..k_max in the UMAP space; a run without it takes the data set's "
@@ -272,8 +274,10 @@ class Settings:
                     raise MFVCError(f"{f.name}={value!r} is invalid: must be an integer in [1, 4096]")
                 continue
             if value is None and p.name in BY_PROFILE and self.table != "config":
-                raise MFVCError(f"{type(self).__name__}.{f.name}=None: a stage config holds resolved values; give "
-                                f"{p.valid().removesuffix(' or None')} (mfvc_gpu.resolution.resolve fills in the profile's)")
+                raise MFVCError(
+                    f"{type(self).__name__}.{f.name}=None: a stage config holds resolved values; give "
+                    f"{p.valid().removesuffix(' or None')} (mfvc_gpu.resolution.resolve fills in the profile's)"
+                )
             object.__setattr__(self, f.name, p.check(value))
 
 
@@ -299,23 +303,39 @@ def _annotation(p: Param, resolved: bool = False) -> str:
 def _doc(text: str, rows: list[tuple[str, str]]) -> list[str]:
     import textwrap
 
-    fields = [textwrap.fill(f"{name} : {help}", 116, initial_indent="    ", subsequent_indent="        ")
-              for name, help in rows]
+    fields = [
+        textwrap.fill(f"{name} : {help}", 116, initial_indent="    ", subsequent_indent="        ")
+        for name, help in rows
+    ]
     return [f'    """{text}', "", *fields, '    """', ""]
 
 
 def render_settings() -> str:
     """The source of ``mfvc_gpu/settings.py``: typed dataclasses and the estimator's ``__init__``, from the table."""
-    out = ['"""The typed settings, generated from the table in :mod:`mfvc_gpu.params`; do not edit by hand.',
-           "", "Regenerate with ``python -m mfvc_gpu.params > mfvc_gpu/settings.py``; a test fails when this file and",
-           'the table disagree. Every object checks its fields against the table when it is made.', '"""', "",
-           "from __future__ import annotations", "", "from dataclasses import dataclass", "from typing import ClassVar",
-           "", "from .params import Settings", "", ""]
+    out = [
+        '"""The typed settings, generated from the table in :mod:`mfvc_gpu.params`; do not edit by hand.',
+        "",
+        "Regenerate with ``python -m mfvc_gpu.params > mfvc_gpu/settings.py``; a test fails when this file and",
+        "the table disagree. Every object checks its fields against the table when it is made.",
+        '"""',
+        "",
+        "from __future__ import annotations",
+        "",
+        "from dataclasses import dataclass",
+        "from typing import ClassVar",
+        "",
+        "from .params import Settings",
+        "",
+        "",
+    ]
     for stage, (name, text) in STAGE_CLASSES.items():
         rows = stage_params(stage)
         out += ["@dataclass(frozen=True, kw_only=True)", f"class {name}(Settings):"]
-        out += _doc(text, [(p.field_name, p.help) for p in rows] +
-                    ([(n, "the network's input shape") for n, _ in NETWORK_INPUT] if stage == "network" else []))
+        out += _doc(
+            text,
+            [(p.field_name, p.help) for p in rows]
+            + ([(n, "the network's input shape") for n, _ in NETWORK_INPUT] if stage == "network" else []),
+        )
         out.append(f"    table: ClassVar[str] = {_lit(stage)}")
         for p in rows:
             if p.name in BY_PROFILE:
@@ -326,13 +346,17 @@ def render_settings() -> str:
             out += [f"    {n}: int = {_lit(d)}" for n, d in NETWORK_INPUT]
         out += ["", ""]
     out += ["@dataclass(frozen=True, kw_only=True)", "class RunFields(Settings):"]
-    out += _doc("The settings a run records (``config.yaml``): one field per setting with ``config=True``.",
-                [(p.name, p.help) for p in CONFIG_PARAMS])
+    out += _doc(
+        "The settings a run records (``config.yaml``): one field per setting with ``config=True``.",
+        [(p.name, p.help) for p in CONFIG_PARAMS],
+    )
     out.append('    table: ClassVar[str] = "config"')
     out += [f"    {p.name}: {_annotation(p)} = {_lit(p.default_in_run)}" for p in CONFIG_PARAMS]
     out += ["", "", "class EstimatorParams:"]
-    out += _doc("The parameters of :class:`mfvc_gpu.MFVC`; ``__init__`` only stores them (scikit-learn's rule).",
-                [(p.name, p.help) for p in ESTIMATOR_PARAMS])
+    out += _doc(
+        "The parameters of :class:`mfvc_gpu.MFVC`; ``__init__`` only stores them (scikit-learn's rule).",
+        [(p.name, p.help) for p in ESTIMATOR_PARAMS],
+    )
     out += ["    def __init__(", "        self,", "        *,"]
     out += [f"        {p.name}: {_annotation(p)} = {_lit(p.default)}," for p in ESTIMATOR_PARAMS]
     out.append("    ) -> None:")
@@ -342,9 +366,24 @@ def render_settings() -> str:
     return "\n".join(out) + "\n"
 
 
-__all__ = ["Param", "PARAMS", "BY_NAME", "ALIASES", "ESTIMATOR_PARAMS", "CONFIG_PARAMS", "PROFILES", "STAGES",
-           "NETWORK_INPUT", "STAGE_CLASSES", "BY_PROFILE", "Settings", "rows_of", "stage_params", "params_docstring",
-           "render_settings"]
+__all__ = [
+    "Param",
+    "PARAMS",
+    "BY_NAME",
+    "ALIASES",
+    "ESTIMATOR_PARAMS",
+    "CONFIG_PARAMS",
+    "PROFILES",
+    "STAGES",
+    "NETWORK_INPUT",
+    "STAGE_CLASSES",
+    "BY_PROFILE",
+    "Settings",
+    "rows_of",
+    "stage_params",
+    "params_docstring",
+    "render_settings",
+]
 
 
 if __name__ == "__main__":

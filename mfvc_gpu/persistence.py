@@ -82,13 +82,25 @@ def write_model(path: str | os.PathLike, m: SavedModel) -> Path:
             write_torch(tmp / "weights.pt", m.network.state_dict())
         with atomic_path(tmp / "arrays.npz") as f, open(f, "wb") as fh:
             np.savez(fh, latent=m.latent, embedding=m.embedding, labels=m.labels, **m.cluster_state)
-        write_json(tmp / "model.json", dict(
-            format_version=FORMAT_VERSION,
-            params={k: (str(v) if isinstance(v, os.PathLike) else v) for k, v in m.params.items()},
-            vae=asdict(m.vae), train=asdict(m.train), manifold=asdict(m.manifold), cluster=asdict(m.cluster),
-            profile=m.profile, backend=m.backend, device=m.device, seed=m.seed, n_clusters_used=int(m.n_clusters),
-            k_search=m.k_search.to_dict() if m.k_search else None, timings=m.timings, history=m.history,
-        ))
+        write_json(
+            tmp / "model.json",
+            dict(
+                format_version=FORMAT_VERSION,
+                params={k: (str(v) if isinstance(v, os.PathLike) else v) for k, v in m.params.items()},
+                vae=asdict(m.vae),
+                train=asdict(m.train),
+                manifold=asdict(m.manifold),
+                cluster=asdict(m.cluster),
+                profile=m.profile,
+                backend=m.backend,
+                device=m.device,
+                seed=m.seed,
+                n_clusters_used=int(m.n_clusters),
+                k_search=m.k_search.to_dict() if m.k_search else None,
+                timings=m.timings,
+                history=m.history,
+            ),
+        )
         publish_dir(tmp, path)
     except FileSystemError as exc:  # name the model folder, not its temporary name
         raise FileSystemError(str(exc).replace(str(tmp), str(path)), exc.path, exc.errno) from exc
@@ -99,8 +111,22 @@ def write_model(path: str | os.PathLike, m: SavedModel) -> Path:
 
 # ---------------------------------------------------------------- reading an untrusted folder
 MAX_JSON_BYTES = 64 << 20  # model.json holds settings and a per-epoch history: far below this
-META_KEYS = ("format_version", "params", "vae", "train", "manifold", "cluster", "profile", "backend", "device",
-             "seed", "n_clusters_used", "k_search", "timings", "history")
+META_KEYS = (
+    "format_version",
+    "params",
+    "vae",
+    "train",
+    "manifold",
+    "cluster",
+    "profile",
+    "backend",
+    "device",
+    "seed",
+    "n_clusters_used",
+    "k_search",
+    "timings",
+    "history",
+)
 
 
 class _Bad(Exception):
@@ -160,15 +186,20 @@ def _check_meta(meta: dict) -> None:
     if not (_is_int(meta["n_clusters_used"]) and meta["n_clusters_used"] >= 1):
         raise _Bad(f"n_clusters_used={meta['n_clusters_used']!r} is not an integer >= 1")
     ks = meta["k_search"]
-    if ks is not None and not (isinstance(ks, dict) and _is_int(ks.get("chosen")) and isinstance(ks.get("scores"), list)
-                               and set(ks) == {"criterion", "chosen", "runner_up", "seconds", "sample", "scores"}):
+    if ks is not None and not (
+        isinstance(ks, dict)
+        and _is_int(ks.get("chosen"))
+        and isinstance(ks.get("scores"), list)
+        and set(ks) == {"criterion", "chosen", "runner_up", "seconds", "sample", "scores"}
+    ):
         raise _Bad("k_search is neither null nor a K search record")
     timings = meta["timings"]
     if not isinstance(timings, dict) or not all(isinstance(k, str) and _is_number(v) for k, v in timings.items()):
         raise _Bad("'timings' is not a mapping of stage names to seconds")
     history = meta["history"]
     if not isinstance(history, list) or not all(
-            isinstance(h, dict) and all(isinstance(k, str) and _is_number(v) for k, v in h.items()) for h in history):
+        isinstance(h, dict) and all(isinstance(k, str) and _is_number(v) for k, v in h.items()) for h in history
+    ):
         raise _Bad("'history' is not a list of per-epoch records of numbers")
 
 
@@ -184,17 +215,25 @@ def _read_meta(path: Path) -> dict:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise MFVCError(f"{meta_file} cannot be read ({reason}); the model folder is damaged") from exc
     if not isinstance(meta, dict):
-        raise MFVCError(f"{meta_file} holds a JSON {type(meta).__name__}, not a model description; the model folder is damaged")
+        raise MFVCError(
+            f"{meta_file} holds a JSON {type(meta).__name__}, not a model description; the model folder is damaged"
+        )
     version = meta.get("format_version")
     if not _is_int(version):
-        raise MFVCError(f"{meta_file} has no valid format_version ({version!r}): it was not written by mfvc_gpu or was "
-                        "edited; refused")
+        raise MFVCError(
+            f"{meta_file} has no valid format_version ({version!r}): it was not written by mfvc_gpu or was "
+            "edited; refused"
+        )
     if version > FORMAT_VERSION:
-        raise MFVCError(f"{path} was written by a newer mfvc_gpu (model format {version}; this version reads "
-                        f"{FORMAT_VERSION}); refused: upgrade mfvc_gpu to load it")
+        raise MFVCError(
+            f"{path} was written by a newer mfvc_gpu (model format {version}; this version reads "
+            f"{FORMAT_VERSION}); refused: upgrade mfvc_gpu to load it"
+        )
     if version != FORMAT_VERSION:
-        raise MFVCError(f"{path} has the old model format {version} (this version reads {FORMAT_VERSION}); refused: "
-                        "fit the model again to save it in this format")
+        raise MFVCError(
+            f"{path} has the old model format {version} (this version reads {FORMAT_VERSION}); refused: "
+            "fit the model again to save it in this format"
+        )
     try:
         _check_meta(meta)
     except _Bad as exc:
@@ -218,7 +257,9 @@ def _load_weights(file: Path, vae_config):
         state = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - a truncated, corrupt or foreign file is refused whole
         raise MFVCError(f"{file} cannot be loaded as this model's weights ({type(exc).__name__}); {what}") from exc
-    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()):
+    if not isinstance(state, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
+    ):
         raise MFVCError(f"{file} does not hold a state dict of tensors; {what}")
     if not all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point()):
         raise MFVCError(f"{file} holds NaN or infinite weights; {what}")
@@ -242,8 +283,9 @@ def _load_arrays(file: Path, meta: dict) -> dict[str, np.ndarray]:
     except Exception as exc:  # noqa: BLE001 - BadZipFile, zlib.error, EOFError, "Object arrays cannot be loaded"
         reason = (str(exc).splitlines() or [type(exc).__name__])[0]
         raise MFVCError(f"{file} cannot be read ({reason}); {what}") from exc
-    allowed = {"latent", "embedding", "labels", "kmeans_centres"} | {f"gmm_{k}" for k in ("weights", "means", "covariances",
-                                                                                          "precisions_cholesky")}
+    allowed = {"latent", "embedding", "labels", "kmeans_centres"} | {
+        f"gmm_{k}" for k in ("weights", "means", "covariances", "precisions_cholesky")
+    }
     for key in ("latent", "embedding", "labels"):
         if key not in arrays:
             raise MFVCError(f"{file} has no array {key!r}; {what}")
@@ -255,10 +297,18 @@ def _load_arrays(file: Path, meta: dict) -> dict[str, np.ndarray]:
         if a.dtype.kind == "f" and not np.isfinite(a).all():
             raise MFVCError(f"{file}: array {key!r} holds NaN or infinite values; {what}")
     z, emb, lab = arrays["latent"], arrays["embedding"], arrays["labels"]
-    if z.ndim != 2 or emb.ndim != 2 or lab.ndim != 1 or not (len(z) == len(emb) == len(lab)) or lab.dtype.kind not in "iu":
+    if (
+        z.ndim != 2
+        or emb.ndim != 2
+        or lab.ndim != 1
+        or not (len(z) == len(emb) == len(lab))
+        or lab.dtype.kind not in "iu"
+    ):
         raise MFVCError(f"{file}: latent {z.shape}, embedding {emb.shape} and labels {lab.shape} do not match; {what}")
     if meta["params"].get("encoder", "vae") == "vae" and z.shape[1] != meta["vae"].get("latent_dim", z.shape[1]):
-        raise MFVCError(f"{file}: codes of size {z.shape[1]}, but model.json says latent_dim={meta['vae']['latent_dim']}; {what}")
+        raise MFVCError(
+            f"{file}: codes of size {z.shape[1]}, but model.json says latent_dim={meta['vae']['latent_dim']}; {what}"
+        )
     centres = arrays.get("kmeans_centres")
     if centres is not None and (centres.ndim != 2 or centres.shape[1] != emb.shape[1] or len(centres) == 0):
         raise MFVCError(f"{file}: K-Means centres {centres.shape} do not fit the embedding {emb.shape}; {what}")
@@ -276,7 +326,9 @@ def read_model(path: str | os.PathLike) -> SavedModel:
     try:
         params, vae, train, manifold, cluster = _settings(meta)
     except _Bad as exc:
-        raise MFVCError(f"{path / 'model.json'} was not written by this mfvc_gpu or was edited: {exc}; refused") from None
+        raise MFVCError(
+            f"{path / 'model.json'} was not written by this mfvc_gpu or was edited: {exc}; refused"
+        ) from None
     k_search = None
     if meta["k_search"] is not None:
         from .choose_k import KSearch
@@ -285,18 +337,35 @@ def read_model(path: str | os.PathLike) -> SavedModel:
     weights = path / "weights.pt"
     wants_network = params.get("encoder", "vae") == "vae"
     if wants_network and not weights.is_file():
-        raise MFVCError(f"{path} has no weights.pt, yet model.json describes a trained network; the model folder is "
-                        "incomplete")
+        raise MFVCError(
+            f"{path} has no weights.pt, yet model.json describes a trained network; the model folder is incomplete"
+        )
     if not wants_network and weights.exists():
-        raise MFVCError(f"{path} has a weights.pt, yet model.json says encoder='none'; the model folder was edited; "
-                        "refused")
+        raise MFVCError(
+            f"{path} has a weights.pt, yet model.json says encoder='none'; the model folder was edited; refused"
+        )
     arrays = _load_arrays(path / "arrays.npz", meta)
     network = _load_weights(weights, vae) if wants_network else None
-    return SavedModel(params=params, vae=vae, train=train, manifold=manifold, cluster=cluster, profile=meta["profile"],
-                      backend=meta["backend"], device=meta["device"], seed=int(meta["seed"]),
-                      n_clusters=int(meta["n_clusters_used"]), k_search=k_search, timings=meta["timings"],
-                      history=meta["history"], latent=arrays.pop("latent"), embedding=arrays.pop("embedding"),
-                      labels=arrays.pop("labels"), cluster_state=arrays, network=network)
+    return SavedModel(
+        params=params,
+        vae=vae,
+        train=train,
+        manifold=manifold,
+        cluster=cluster,
+        profile=meta["profile"],
+        backend=meta["backend"],
+        device=meta["device"],
+        seed=int(meta["seed"]),
+        n_clusters=int(meta["n_clusters_used"]),
+        k_search=k_search,
+        timings=meta["timings"],
+        history=meta["history"],
+        latent=arrays.pop("latent"),
+        embedding=arrays.pop("embedding"),
+        labels=arrays.pop("labels"),
+        cluster_state=arrays,
+        network=network,
+    )
 
 
 __all__ = ["SavedModel", "write_model", "read_model", "FORMAT_VERSION"]

@@ -42,6 +42,24 @@ class Fitted:
     distributed: dict | None = None  # the Dask path's record
 
 
+def encode_codes(model, data: np.ndarray, device):
+    """The codes of ``data`` on ``device`` (the network's μ, or the pixels in [0, 1] without a network) and the
+    seconds taken (the device synchronised first)."""
+    import torch
+
+    from .data.loading import unit_float
+    from .train import encode
+
+    t0 = time.perf_counter()
+    if model is not None:
+        z = encode(model, data, device)
+    else:
+        z = unit_float(torch.from_numpy(np.ascontiguousarray(data.reshape(len(data), -1))).to(device))
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return z, time.perf_counter() - t0
+
+
 def run_stages(z, res: Resolution, backend: Backend, timings: dict[str, float]) -> dict[str, Any]:
     """Handoff, manifold, (K), cluster on ``backend``; the keyword arguments of :class:`Fitted` they produce.
     Adds each stage's seconds to ``timings``."""
@@ -58,8 +76,11 @@ def run_stages(z, res: Resolution, backend: Backend, timings: dict[str, float]) 
     if res.params["n_clusters"] == "auto":
         from .choose_k import search_k
 
-        k_search = search_k(np.asarray(backend.to_numpy(emb), dtype=np.float32),
-                            (res.params["k_min"], res.params["k_max"]), seed=res.seed)
+        k_search = search_k(
+            np.asarray(backend.to_numpy(emb), dtype=np.float32),
+            (res.params["k_min"], res.params["k_max"]),
+            seed=res.seed,
+        )
         timings["choose_k"] = k_search.seconds
     n_clusters = k_search.chosen if k_search else int(res.params["n_clusters"])
     t0 = time.perf_counter()
@@ -67,7 +88,10 @@ def run_stages(z, res: Resolution, backend: Backend, timings: dict[str, float]) 
     timings["cluster"] = time.perf_counter() - t0
     return dict(
         handoff=backend.handoff_record(),  # as it stands when the labels exist
-        manifold_model=manifold_model, cluster_model=cluster_model, n_clusters=n_clusters, k_search=k_search,
+        manifold_model=manifold_model,
+        cluster_model=cluster_model,
+        n_clusters=n_clusters,
+        k_search=k_search,
         latent=np.asarray(backend.to_numpy(feats), dtype=np.float32),
         embedding=np.asarray(backend.to_numpy(emb), dtype=np.float32),
         labels=np.asarray(backend.to_numpy(labels), dtype=np.int64),
@@ -80,17 +104,23 @@ def check_result(fitted: Fitted) -> None:
     z, emb, labels = fitted.latent, fitted.embedding, fitted.labels
     res = fitted.resolution
     if not np.isfinite(emb).all():
-        raise MFVCError(f"the {res.manifold.method} embedding holds NaN or infinite values: the manifold stage "
-                        "failed numerically; check the input images, or try --manifold none")
+        raise MFVCError(
+            f"the {res.manifold.method} embedding holds NaN or infinite values: the manifold stage "
+            "failed numerically; check the input images, or try --manifold none"
+        )
     if len(z) > 1 and float(np.ptp(z, axis=0).max()) <= 1e-7 * max(1.0, float(np.abs(z).max())):
-        raise MFVCError(f"the features collapsed: all {len(z)} images got the same code, so there is nothing to "
-                        "cluster; lower the learning rate (--lr), train longer (--epochs), or check that the images "
-                        "differ")
+        raise MFVCError(
+            f"the features collapsed: all {len(z)} images got the same code, so there is nothing to "
+            "cluster; lower the learning rate (--lr), train longer (--epochs), or check that the images "
+            "differ"
+        )
     found = len(np.unique(labels[labels >= 0]))
     if res.cluster.method == "kmeans" and found < fitted.n_clusters:
-        raise MFVCError(f"the embedding collapsed: K-Means found only {found} distinct clusters of the "
-                        f"{fitted.n_clusters} asked, because too few images have distinct codes; lower --n-clusters, "
-                        "lower the learning rate (--lr), or check the input (are many images identical?)")
+        raise MFVCError(
+            f"the embedding collapsed: K-Means found only {found} distinct clusters of the "
+            f"{fitted.n_clusters} asked, because too few images have distinct codes; lower --n-clusters, "
+            "lower the learning rate (--lr), or check the input (are many images identical?)"
+        )
 
 
 def row_index(reference: np.ndarray, rows: np.ndarray, rtol: float = 1e-4) -> np.ndarray:
@@ -112,4 +142,4 @@ def row_index(reference: np.ndarray, rows: np.ndarray, rtol: float = 1e-4) -> np
     return np.where(hit, nearest, -1).astype(np.int64)
 
 
-__all__ = ["Fitted", "run_stages", "check_result", "row_index"]
+__all__ = ["Fitted", "encode_codes", "run_stages", "check_result", "row_index"]

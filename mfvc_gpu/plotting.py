@@ -35,7 +35,9 @@ def to_2d(embedding: np.ndarray) -> tuple[np.ndarray, str]:
     return PCA(n_components=2, random_state=0).fit_transform(embedding), f"PCA of the {embedding.shape[1]}-D UMAP space"
 
 
-def plot_embedding(embedding: np.ndarray, labels: np.ndarray, path: Path, title: str = "", max_points: int = 20000) -> Path:
+def plot_embedding(
+    embedding: np.ndarray, labels: np.ndarray, path: Path, title: str = "", max_points: int = 20000
+) -> Path:
     """Scatter of the (2-D view of the) embedding, coloured by cluster; noise (-1) in grey."""
     plt = pyplot()
     xy, how = to_2d(np.asarray(embedding, dtype=np.float32))
@@ -56,7 +58,9 @@ def plot_embedding(embedding: np.ndarray, labels: np.ndarray, path: Path, title:
         plt.close(fig)
 
 
-def plot_curves(x, series: dict[str, list[float]], path: Path, xlabel: str, ylabel: str = "ACC", title: str = "", logy: bool = False) -> Path:
+def plot_curves(
+    x, series: dict[str, list[float]], path: Path, xlabel: str, ylabel: str = "ACC", title: str = "", logy: bool = False
+) -> Path:
     """One line per series against ``x``: parameter sweeps and scaling curves."""
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 4))

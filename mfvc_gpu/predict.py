@@ -40,9 +40,20 @@ def write_embedding(path: Path, embedding: np.ndarray) -> Path:
     return path
 
 
-def run_predict(model: Path, dataset: str, out: Path | None, *, embedding: Path | None = None, split: str | None = None,
-                data_dir: str | None = None, pixel_max: float | None = None, bad_images: str = "error",
-                device: str = "auto", backend: str = "auto", overwrite: bool = False) -> dict:
+def run_predict(
+    model: Path,
+    dataset: str,
+    out: Path | None,
+    *,
+    embedding: Path | None = None,
+    split: str | None = None,
+    data_dir: str | None = None,
+    pixel_max: float | None = None,
+    bad_images: str = "error",
+    device: str = "auto",
+    backend: str = "auto",
+    overwrite: bool = False,
+) -> dict:
     """Label (``out``: labels.csv) and/or embed (``embedding``: .npy or .csv) ``dataset`` with the saved ``model``.
 
     Returns a record: the number of images, how many the model had seen in training, the
@@ -65,9 +76,14 @@ def run_predict(model: Path, dataset: str, out: Path | None, *, embedding: Path 
         write_labels_csv(out, labels, ds.labels)
     if embedding is not None:
         write_embedding(embedding, emb)
-    record = dict(dataset=ds.name, n_samples=len(ds), seconds=time.perf_counter() - t0,
-                  cluster_sizes={int(c): int(n) for c, n in zip(*np.unique(labels, return_counts=True))},
-                  backend=est.backend_, device=est.device_)
+    record = dict(
+        dataset=ds.name,
+        n_samples=len(ds),
+        seconds=time.perf_counter() - t0,
+        cluster_sizes={int(c): int(n) for c, n in zip(*np.unique(labels, return_counts=True))},
+        backend=est.backend_,
+        device=est.device_,
+    )
     if ds.labels is not None:
         record.update(evaluate(ds.labels, labels))
     return record

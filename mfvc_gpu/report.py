@@ -47,8 +47,12 @@ def _img(uri: str, alt: str, cls: str = "fig") -> str:
 
 def _table(header: list[str], rows: list[list], left: int = 1) -> str:
     head = "".join(f'<th class="{"l" if i < left else ""}">{html.escape(str(h))}</th>' for i, h in enumerate(header))
-    body = "".join("<tr>" + "".join(f'<td class="{"l" if i < left else ""}">{html.escape(str(c))}</td>'
-                                   for i, c in enumerate(r)) + "</tr>" for r in rows)
+    body = "".join(
+        "<tr>"
+        + "".join(f'<td class="{"l" if i < left else ""}">{html.escape(str(c))}</td>' for i, c in enumerate(r))
+        + "</tr>"
+        for r in rows
+    )
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
@@ -72,7 +76,7 @@ def _montage(images: np.ndarray, idx: np.ndarray) -> np.ndarray:
     s = images.shape[-1]
     row = np.full((s, len(idx) * (s + 2)), 255, dtype=np.uint8)
     for j, i in enumerate(idx):
-        row[:, j * (s + 2): j * (s + 2) + s] = images[i, 0]
+        row[:, j * (s + 2) : j * (s + 2) + s] = images[i, 0]
     return row
 
 
@@ -150,9 +154,21 @@ def confusion(labels: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, list[i
     return c[np.ix_(row_order, col_order)], [int(clusters[r]) for r in row_order], [int(classes[k]) for k in col_order]
 
 
-def write_report(path: Path, *, title: str, images: np.ndarray, embedding: np.ndarray, labels: np.ndarray,
-                 truth: np.ndarray | None, metrics: dict, settings: dict, history: list[dict],
-                 k_search: dict | None = None, class_names: list[str] | None = None, seed: int = 0) -> Path:
+def write_report(
+    path: Path,
+    *,
+    title: str,
+    images: np.ndarray,
+    embedding: np.ndarray,
+    labels: np.ndarray,
+    truth: np.ndarray | None,
+    metrics: dict,
+    settings: dict,
+    history: list[dict],
+    k_search: dict | None = None,
+    class_names: list[str] | None = None,
+    seed: int = 0,
+) -> Path:
     """Write ``report.html`` (atomically) for one run; ``images`` are the run's (N, 1, S, S) uint8 images."""
     from .fileio import write_text
     from .plotting import to_2d
@@ -169,53 +185,86 @@ def write_report(path: Path, *, title: str, images: np.ndarray, embedding: np.nd
     parts += ["<h2>Metrics</h2>", _table(["", "value"], rows)]
     if history:
         parts += ["<h2>Training</h2>", _img(_curve(history), "training loss per epoch")]
-    parts += ["<h2>Embedding</h2>", f'<p class="small">{html.escape(how)}; {len(shown)} of {len(labels)} points shown</p>',
-              _img(_scatter(xy, labels[shown], "coloured by cluster"), "embedding coloured by cluster")]
+    parts += [
+        "<h2>Embedding</h2>",
+        f'<p class="small">{html.escape(how)}; {len(shown)} of {len(labels)} points shown</p>',
+        _img(_scatter(xy, labels[shown], "coloured by cluster"), "embedding coloured by cluster"),
+    ]
     if truth is not None:
         parts.append(_img(_scatter(xy, np.asarray(truth)[shown], "coloured by label"), "embedding coloured by label"))
     if k_search:
-        parts += ["<h2>Number of clusters</h2>",
-                  f"<p>K = {k_search['chosen']} (runner-up {k_search['runner_up']}), by the {k_search['criterion']} "
-                  f"on {k_search['sample']} points, in {k_search['seconds']:.1f} s.</p>", _img(_k_curve(k_search), "silhouette per K")]
+        parts += [
+            "<h2>Number of clusters</h2>",
+            f"<p>K = {k_search['chosen']} (runner-up {k_search['runner_up']}), by the {k_search['criterion']} "
+            f"on {k_search['sample']} points, in {k_search['seconds']:.1f} s.</p>",
+            _img(_k_curve(k_search), "silhouette per K"),
+        ]
     galleries = gallery_indices(np.asarray(embedding, dtype=np.float32), labels, seed)
     parts.append("<h2>Clusters</h2>")
-    names = (lambda k: class_names[k] if class_names and 0 <= k < len(class_names) else str(k))
+
+    def names(k: int) -> str:
+        return class_names[k] if class_names and 0 <= k < len(class_names) else str(k)
+
     for c, idx in galleries.items():
         size = int((labels == c).sum())
         major = ""
         if truth is not None:
             vals, counts = np.unique(np.asarray(truth)[labels == c], return_counts=True)
             major = f"; most common label {names(int(vals[counts.argmax()]))} ({counts.max() / size:.0%})"
-        parts.append(f'<div class="cluster"><b>cluster {c}</b>: {size} images{major}<br>'
-                     + _img(_gallery_png(images, idx), f"cluster {c} examples", "gallery") + "</div>")
+        parts.append(
+            f'<div class="cluster"><b>cluster {c}</b>: {size} images{major}<br>'
+            + _img(_gallery_png(images, idx), f"cluster {c} examples", "gallery")
+            + "</div>"
+        )
     if truth is not None:
         cm, row_ids, col_ids = confusion(labels, np.asarray(truth))
-        parts += ["<h2>Confusion (clusters × classes, matched pairs on the diagonal)</h2>",
-                  _table(["cluster"] + [names(k) for k in col_ids], [[r] + list(cm[i]) for i, r in enumerate(row_ids)])]
+        parts += [
+            "<h2>Confusion (clusters × classes, matched pairs on the diagonal)</h2>",
+            _table(["cluster"] + [names(k) for k in col_ids], [[r] + list(cm[i]) for i, r in enumerate(row_ids)]),
+        ]
         purity = cm.max(axis=1) / np.maximum(cm.sum(axis=1), 1)
         worst = np.argsort(purity)[:3]
-        parts += ["<h3>Worst-mixed clusters</h3>", _table(["cluster", "images", "largest class share", "its classes"], [
-            [row_ids[i], int(cm[i].sum()), f"{purity[i]:.0%}",
-             ", ".join(f"{names(col_ids[j])}: {cm[i, j]}" for j in np.argsort(-cm[i])[:3] if cm[i, j])] for i in worst])]
+        parts += [
+            "<h3>Worst-mixed clusters</h3>",
+            _table(
+                ["cluster", "images", "largest class share", "its classes"],
+                [
+                    [
+                        row_ids[i],
+                        int(cm[i].sum()),
+                        f"{purity[i]:.0%}",
+                        ", ".join(f"{names(col_ids[j])}: {cm[i, j]}" for j in np.argsort(-cm[i])[:3] if cm[i, j]),
+                    ]
+                    for i in worst
+                ],
+            ),
+        ]
     parts += ["<h2>Settings as they ran</h2>", _table(["setting", "value"], [[k, v] for k, v in settings.items()])]
-    page = (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
-            f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
-            f"<title>{html.escape(title)}</title><style>{STYLE}</style></head><body>{''.join(parts)}</body></html>\n")
+    page = (
+        f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+        f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
+        f"<title>{html.escape(title)}</title><style>{STYLE}</style></head><body>{''.join(parts)}</body></html>\n"
+    )
     return write_text(path, page)
 
 
-def write_cluster_galleries(path: Path, images: np.ndarray, embedding: np.ndarray, labels: np.ndarray, seed: int = 0) -> Path:
+def write_cluster_galleries(
+    path: Path, images: np.ndarray, embedding: np.ndarray, labels: np.ndarray, seed: int = 0
+) -> Path:
     """``clusters.png``: the same galleries as the report, one row per cluster."""
     from PIL import Image
 
     from .fileio import atomic_path
 
-    rows = [(_montage(images, idx), c) for c, idx in gallery_indices(np.asarray(embedding, dtype=np.float32), np.asarray(labels), seed).items()]
+    rows = [
+        (_montage(images, idx), c)
+        for c, idx in gallery_indices(np.asarray(embedding, dtype=np.float32), np.asarray(labels), seed).items()
+    ]
     width = max(r.shape[1] for r, _ in rows)
     sheet = np.full((sum(r.shape[0] + 4 for r, _ in rows), width), 255, dtype=np.uint8)
     y = 0
     for r, _ in rows:
-        sheet[y: y + r.shape[0], : r.shape[1]] = r
+        sheet[y : y + r.shape[0], : r.shape[1]] = r
         y += r.shape[0] + 4
     with atomic_path(path) as tmp:
         Image.fromarray(sheet).resize((sheet.shape[1] * 2, sheet.shape[0] * 2), Image.NEAREST).save(tmp, format="PNG")
@@ -232,10 +281,33 @@ def write_run_views(folder: Path, est, ds, metrics: dict, settings: dict, title:
         from .choose_k import plot_k_search
 
         write_json(folder / "k_search.json", search)
-        plot_k_search(est.k_search_, folder / "k_search.png", f"{ds.name}: K = {search['chosen']} (runner-up {search['runner_up']})")
+        plot_k_search(
+            est.k_search_,
+            folder / "k_search.png",
+            f"{ds.name}: K = {search['chosen']} (runner-up {search['runner_up']})",
+        )
     write_cluster_galleries(folder / "clusters.png", ds.images, est.embedding_, est.labels_, est.seed_)
-    write_report(folder / "report.html", title=title, images=ds.images, embedding=est.embedding_, labels=est.labels_,
-                 truth=ds.labels, metrics=metrics, settings=settings, history=est.history_, k_search=search, seed=est.seed_)
+    write_report(
+        folder / "report.html",
+        title=title,
+        images=ds.images,
+        embedding=est.embedding_,
+        labels=est.labels_,
+        truth=ds.labels,
+        metrics=metrics,
+        settings=settings,
+        history=est.history_,
+        k_search=search,
+        seed=est.seed_,
+    )
 
 
-__all__ = ["write_run_views", "write_report", "write_cluster_galleries", "gallery_indices", "confusion", "CSP", "MAX_POINTS"]
+__all__ = [
+    "write_run_views",
+    "write_report",
+    "write_cluster_galleries",
+    "gallery_indices",
+    "confusion",
+    "CSP",
+    "MAX_POINTS",
+]

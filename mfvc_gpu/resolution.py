@@ -59,7 +59,9 @@ def check_params(params: Mapping[str, Any]) -> dict[str, Any]:
             if isinstance(value, numbers.Integral) or value is None:
                 BY_NAME["random_state"].check(value)
             elif type(value).__name__ != "RandomState":
-                raise MFVCError(f"random_state={value!r} is invalid: must be an integer >= 0, None or a numpy RandomState")
+                raise MFVCError(
+                    f"random_state={value!r} is invalid: must be an integer >= 0, None or a numpy RandomState"
+                )
         elif p.name == "device":
             if not isinstance(value, str):
                 raise MFVCError(f"device={value!r} is not one of auto, cpu, cuda, cuda:N")
@@ -85,11 +87,11 @@ def check_sizes(params: Mapping[str, Any], n_samples: int) -> None:
     elif n_clusters > n_samples:
         raise MFVCError(f"n_clusters={n_clusters} exceeds the number of samples ({n_samples}); lower it or add data")
     if params["manifold"] != "none" and params["n_neighbors"] >= n_samples:
-        raise MFVCError(f"n_neighbors={params['n_neighbors']} must be below the number of samples ({n_samples}); "
-                        "lower it")
+        raise MFVCError(
+            f"n_neighbors={params['n_neighbors']} must be below the number of samples ({n_samples}); lower it"
+        )
     if params["manifold"] != "none" and params["n_components"] is not None and params["n_components"] >= n_samples - 1:
-        raise MFVCError(f"n_components={params['n_components']} must be well below the number of samples "
-                        f"({n_samples})")
+        raise MFVCError(f"n_components={params['n_components']} must be well below the number of samples ({n_samples})")
 
 
 def seed_of(random_state: Any) -> int:
@@ -115,18 +117,25 @@ def check(params: Mapping[str, Any], n_samples: int | None = None, dask: bool = 
 def _dask_only(params: Mapping[str, Any]) -> None:
     """What the Dask path cannot do, refused before any work."""
     if params["n_clusters"] == "auto":
-        raise MFVCError("n_clusters='auto': the Dask path needs a number of clusters; choose one (a run without Dask "
-                        "on a sample can choose it for you)")
+        raise MFVCError(
+            "n_clusters='auto': the Dask path needs a number of clusters; choose one (a run without Dask "
+            "on a sample can choose it for you)"
+        )
     if params["cluster"] not in (None, "kmeans"):
-        raise MFVCError(f"cluster={params['cluster']!r}: the Dask path clusters with K-Means only; use kmeans or leave "
-                        "out --dask-cluster")
+        raise MFVCError(
+            f"cluster={params['cluster']!r}: the Dask path clusters with K-Means only; use kmeans or leave "
+            "out --dask-cluster"
+        )
     if params["manifold"] not in ("umap", "none"):
-        raise MFVCError(f"manifold={params['manifold']!r}: the Dask path runs UMAP or no manifold stage; leave out "
-                        f"--dask-cluster for {params['manifold']}")
+        raise MFVCError(
+            f"manifold={params['manifold']!r}: the Dask path runs UMAP or no manifold stage; leave out "
+            f"--dask-cluster for {params['manifold']}"
+        )
 
 
-def resolve(params: Mapping[str, Any], *, n_samples: int | None = None,
-            workers: tuple[bool, bool] | None = None) -> Resolution:
+def resolve(
+    params: Mapping[str, Any], *, n_samples: int | None = None, workers: tuple[bool, bool] | None = None
+) -> Resolution:
     """Resolve an estimator's parameters (absent ones take the table's defaults) into a :class:`Resolution`.
 
     ``n_samples``: the number of samples to fit, for the checks that depend on it. ``workers``: on the
@@ -151,8 +160,18 @@ def resolve(params: Mapping[str, Any], *, n_samples: int | None = None,
     stages = {s: cls(**{p.field_name: merged[p.name] for p in stage_params(s)}) for s, cls in _CLASSES.items()}
     auto = merged["n_clusters"] == "auto"
     n_components = merged["n_components"] or (AUTO_COMPONENTS if auto else merged["n_clusters"])
-    return Resolution(placement, train_device, profile, stages["network"], stages["train"], stages["manifold"],
-                      stages["cluster"], seed_of(full["random_state"]), int(n_components), merged)
+    return Resolution(
+        placement,
+        train_device,
+        profile,
+        stages["network"],
+        stages["train"],
+        stages["manifold"],
+        stages["cluster"],
+        seed_of(full["random_state"]),
+        int(n_components),
+        merged,
+    )
 
 
 __all__ = ["Resolution", "resolve", "check", "check_params", "check_sizes", "seed_of", "AUTO_COMPONENTS", "DEFAULTS"]

@@ -18,13 +18,21 @@ import numpy as np
 from .config import RunConfig
 from .data.loading import load_dataset
 from .errors import MFVCError
-from .metrics import evaluate
 from .estimator import MFVC
-from .fileio import (FileSystemError, make_dirs, os_error, publish_dir, recover_dir, remove_stale_temps, write_json,
-                     write_text)
+from .fileio import (
+    FileSystemError,
+    make_dirs,
+    os_error,
+    publish_dir,
+    recover_dir,
+    remove_stale_temps,
+    write_json,
+    write_text,
+)
+from .metrics import evaluate
 from .plotting import plot_embedding
-from .resolution import resolve
 from .report import write_run_views
+from .resolution import resolve
 from .train import numerics
 
 log = logging.getLogger(__name__)
@@ -143,8 +151,9 @@ def after_failure(work: Path, existed: bool, exc: BaseException) -> BaseExceptio
     if keep:
         _keep_only_checkpoint(work)
         if isinstance(exc, FileSystemError):
-            again = FileSystemError(f"{exc}; the finished epochs are kept in {work}: rerun with --resume once fixed",
-                                    exc.path, exc.errno)
+            again = FileSystemError(
+                f"{exc}; the finished epochs are kept in {work}: rerun with --resume once fixed", exc.path, exc.errno
+            )
             again.__cause__ = exc.__cause__
             return again
     elif existed:
@@ -172,8 +181,10 @@ def run_metrics(est, dataset: str, n_samples: int, n_clusters: int, t_load: floa
         metrics["note"] = est.placement_note_
     if est.history_:
         metrics["final_loss"] = est.history_[-1]["loss"]
-        metrics["training"] = dict(numerics(est.train_config_, est.device_),
-                                   images_per_s=float(np.median([h["images_per_s"] for h in est.history_])))
+        metrics["training"] = dict(
+            numerics(est.train_config_, est.device_),
+            images_per_s=float(np.median([h["images_per_s"] for h in est.history_])),
+        )
     return metrics
 
 
@@ -210,8 +221,16 @@ def _load(cfg: RunConfig):
     return load_dataset(cfg.dataset, cfg.split, cfg.data_dir, pixel_max=cfg.pixel_max, bad_images=cfg.bad_images)
 
 
-def run_cluster(cfg: RunConfig, out: Path, resume: bool = False, overwrite: bool = False, progress: bool = True,
-                columns: str | None = None, dask_cluster: str | None = None, n_workers: int | None = None) -> dict:
+def run_cluster(
+    cfg: RunConfig,
+    out: Path,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    columns: str | None = None,
+    dask_cluster: str | None = None,
+    n_workers: int | None = None,
+) -> dict:
     """Cluster ``cfg.dataset`` and write the run folder ``out``; returns the metrics dict.
 
     The folder is built under a hidden ``.NAME.partial`` name (which also keeps the training
@@ -240,8 +259,9 @@ def run_cluster(cfg: RunConfig, out: Path, resume: bool = False, overwrite: bool
         raise
 
 
-def _run_images(cfg: RunConfig, out: Path, resume: bool, progress: bool, dask_cluster: str | None,
-                n_workers: int | None) -> dict:
+def _run_images(
+    cfg: RunConfig, out: Path, resume: bool, progress: bool, dask_cluster: str | None, n_workers: int | None
+) -> dict:
     t0 = time.perf_counter()
     ds = _load(cfg)
     t_load = time.perf_counter() - t0
@@ -260,8 +280,14 @@ def _run_images(cfg: RunConfig, out: Path, resume: bool, progress: bool, dask_cl
 
             fit_distributed(est, ds.images, dask_cluster, n_workers)
         cfg = replace(ran_config(cfg, est), pixel_max=cfg.pixel_max)
-        metrics = run_metrics(est, ds.name, len(ds), est.n_clusters_, t_load,
-                              scores=evaluate(ds.labels, est.labels_) if ds.labels is not None else {})
+        metrics = run_metrics(
+            est,
+            ds.name,
+            len(ds),
+            est.n_clusters_,
+            t_load,
+            scores=evaluate(ds.labels, est.labels_) if ds.labels is not None else {},
+        )
         if est.k_search_ is not None:
             metrics["k_search"] = {k: v for k, v in est.k_search_.to_dict().items() if k != "scores"}
         if dask_cluster is not None:
@@ -269,7 +295,9 @@ def _run_images(cfg: RunConfig, out: Path, resume: bool, progress: bool, dask_cl
         cfg.to_yaml(work / "config.yaml")
         write_json(work / "metrics.json", metrics)
         write_labels_csv(work / "labels.csv", est.labels_, ds.labels)
-        title = f"{ds.name}: {len(ds)} images, {est.n_clusters_} clusters" + (f", ACC {metrics['acc']:.3f}" if "acc" in metrics else "")
+        title = f"{ds.name}: {len(ds)} images, {est.n_clusters_} clusters" + (
+            f", ACC {metrics['acc']:.3f}" if "acc" in metrics else ""
+        )
         plot_embedding(est.embedding_, est.labels_, work / "embedding.png", title)
         write_run_views(work, est, ds, metrics, cfg.to_dict(), title)
         est.save(work / "model")
@@ -296,7 +324,9 @@ def _run_table(cfg, out: Path, columns: str | None) -> dict:
     from .tables import parse_columns, read_features, wants_gpu, write_results
 
     if not cfg.n_clusters:
-        raise MFVCError(f"{Path(cfg.dataset).name} is a table with no classes to count clusters from; pass --n-clusters")
+        raise MFVCError(
+            f"{Path(cfg.dataset).name} is a table with no classes to count clusters from; pass --n-clusters"
+        )
     cfg = replace(cfg, encoder="none")
     placement = resolve(cfg.estimator_params()).placement
     gpu = wants_gpu(placement)
@@ -306,8 +336,17 @@ def _run_table(cfg, out: Path, columns: str | None) -> dict:
     est = MFVC(**cfg.estimator_params(), progress=False)
     est.fit_features(table.features)
     cfg = ran_config(cfg, est)
-    metrics = run_metrics(est, Path(cfg.dataset).name, len(table.features), cfg.n_clusters, t_load, scores={},
-                          n_features=len(table.columns), columns=table.columns, table_engine=table.engine)
+    metrics = run_metrics(
+        est,
+        Path(cfg.dataset).name,
+        len(table.features),
+        cfg.n_clusters,
+        t_load,
+        scores={},
+        n_features=len(table.columns),
+        columns=table.columns,
+        table_engine=table.engine,
+    )
     with building(out, resume=False) as work:
         cfg.to_yaml(work / "config.yaml")
         write_json(work / "metrics.json", metrics)

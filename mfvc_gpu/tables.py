@@ -68,7 +68,9 @@ def parse_columns(spec: str | None) -> list[str] | None:
         return None
     cols = [c.strip() for c in spec.split(",")]
     if not all(cols):
-        raise MFVCError(f"--columns {spec!r} contains an empty name; give names separated by commas, e.g. --columns a,b,c")
+        raise MFVCError(
+            f"--columns {spec!r} contains an empty name; give names separated by commas, e.g. --columns a,b,c"
+        )
     dup = sorted({c for c in cols if cols.count(c) > 1})
     if dup:
         raise MFVCError(f"--columns names {', '.join(dup)} more than once; give each column once")
@@ -106,7 +108,9 @@ def select_columns(path: str | os.PathLike, columns: list[str] | None) -> list[s
         return available
     missing = [c for c in columns if c not in available]
     if missing:
-        raise MFVCError(f"column(s) {', '.join(missing)} not in {Path(path).name}; its columns are {', '.join(available)}")
+        raise MFVCError(
+            f"column(s) {', '.join(missing)} not in {Path(path).name}; its columns are {', '.join(available)}"
+        )
     return list(columns)
 
 
@@ -114,14 +118,17 @@ def _check_frame(df, cols: list[str], path: Path) -> None:
     """Numeric columns only, no missing values (same checks for pandas and cuDF frames)."""
     bad = [c for c in cols if getattr(df[c].dtype, "kind", "O") not in "biuf"]
     if bad:
-        raise MFVCError(f"column(s) {', '.join(bad)} of {path.name} are not numeric; choose numeric ones with --columns")
+        raise MFVCError(
+            f"column(s) {', '.join(bad)} of {path.name} are not numeric; choose numeric ones with --columns"
+        )
     missing = [c for c in cols if int(df[c].isna().sum()) > 0]
     if missing:
         raise MFVCError(f"column(s) {', '.join(missing)} of {path.name} have missing values; fill or drop them first")
 
 
-def read_features(path: str | os.PathLike, columns: list[str] | None = None, gpu: bool = False,
-                  device: str = "cuda") -> Table:
+def read_features(
+    path: str | os.PathLike, columns: list[str] | None = None, gpu: bool = False, device: str = "cuda"
+) -> Table:
     """Read the feature columns of a CSV or Parquet table as float32 rows.
 
     Parameters
@@ -139,7 +146,11 @@ def read_features(path: str | os.PathLike, columns: list[str] | None = None, gpu
 
         index = int(device.split(":")[1]) if ":" in device else cupy.cuda.runtime.getDevice()
         with cupy.cuda.Device(index):  # cuDF reads onto CuPy's current device: make it the chosen one
-            df = cudf.read_csv(str(path), usecols=cols) if _kind(path) == "csv" else cudf.read_parquet(str(path), columns=cols)
+            df = (
+                cudf.read_csv(str(path), usecols=cols)
+                if _kind(path) == "csv"
+                else cudf.read_parquet(str(path), columns=cols)
+            )
             _check_frame(df, cols, path)
             x = cupy.ascontiguousarray(df[cols].astype("float32").to_cupy())  # cuDF gives column-major
         xp, engine = cupy, "cudf"
@@ -189,5 +200,16 @@ def write_results(folder: Path, labels, embedding, prefix: str = "umap", gpu: bo
     write_parquet(folder / "embedding.parquet", cols, gpu)
 
 
-__all__ = ["Table", "is_table", "parse_columns", "table_columns", "select_columns", "read_features", "write_parquet",
-           "write_results", "wants_gpu", "cudf_available", "TABLE_SUFFIXES"]
+__all__ = [
+    "Table",
+    "is_table",
+    "parse_columns",
+    "table_columns",
+    "select_columns",
+    "read_features",
+    "write_parquet",
+    "write_results",
+    "wants_gpu",
+    "cudf_available",
+    "TABLE_SUFFIXES",
+]

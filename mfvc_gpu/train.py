@@ -58,12 +58,15 @@ def use_amp(setting: bool, device: torch.device) -> bool:
 def numerics(cfg, device: torch.device | str) -> dict:
     """How the training step runs on ``device``: its precision and whether it is compiled (for the run record)."""
     device = torch.device(device)
-    return dict(precision="bfloat16 autocast" if use_amp(cfg.amp, device) else "float32",
-                compiled=use_compile(cfg.compile, device))
+    return dict(
+        precision="bfloat16 autocast" if use_amp(cfg.amp, device) else "float32",
+        compiled=use_compile(cfg.compile, device),
+    )
 
 
 def memory_format(channels_last: bool = True) -> torch.memory_format:
-    """channels_last, which measured faster for this network on both devices (docs/BENCHMARKS.md), unless told otherwise."""
+    """channels_last, which measured faster for this network on both devices (docs/BENCHMARKS.md), unless told "
+    "otherwise."""
     return torch.channels_last if channels_last else torch.contiguous_format
 
 
@@ -87,6 +90,7 @@ def training_step(opt, sched, forward_loss, x):
 
 def forward_loss_fn(model, beta: float, autocast: bool, device: torch.device, compiled: bool):
     """The forward pass and the loss of one batch; compiled (forward and backward graphs) when asked."""
+
     def forward_loss(x):
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
             recon, mu, logvar = model(x)
@@ -110,13 +114,17 @@ def _load_checkpoint(path: Path, device: torch.device, expected: dict) -> dict:
     try:
         state = torch.load(path, map_location=device, weights_only=True)
     except Exception as exc:  # noqa: BLE001 - truncated, corrupt or foreign: refused whole, never half-loaded
-        raise MFVCError(f"the checkpoint {path} cannot be read ({type(exc).__name__}); it is damaged: delete it, "
-                        "or run again without --resume") from exc
+        raise MFVCError(
+            f"the checkpoint {path} cannot be read ({type(exc).__name__}); it is damaged: delete it, "
+            "or run again without --resume"
+        ) from exc
     written = state.get("settings") if isinstance(state, dict) else None
     if written != expected:
         diff = _differences(written or {}, expected)
-        raise MFVCError(f"the checkpoint {path} was written with other settings ({diff}); run without --resume, "
-                        "or resume with the settings it was written with")
+        raise MFVCError(
+            f"the checkpoint {path} was written with other settings ({diff}); run without --resume, "
+            "or resume with the settings it was written with"
+        )
     return state
 
 
@@ -204,8 +212,17 @@ def _train(model, images, cfg, device, seed, checkpoint, resume, progress) -> li
         history = [dict(zip(state["history_keys"], map(float, row))) for row in state["history"].tolist()]
         log.info("resumed from %s at epoch %d", checkpoint, start)
     data = torch.from_numpy(np.ascontiguousarray(images)).to(device)  # uint8 stays uint8: 1 byte a pixel
-    forward_loss = forward_loss_fn(model, model.cfg.beta, use_amp(cfg.amp, device), device, use_compile(cfg.compile, device))
-    bar = tqdm(range(start, cfg.epochs), desc="train β-VAE", unit="epoch", disable=not progress, initial=start, total=cfg.epochs)
+    forward_loss = forward_loss_fn(
+        model, model.cfg.beta, use_amp(cfg.amp, device), device, use_compile(cfg.compile, device)
+    )
+    bar = tqdm(
+        range(start, cfg.epochs),
+        desc="train β-VAE",
+        unit="epoch",
+        disable=not progress,
+        initial=start,
+        total=cfg.epochs,
+    )
     for epoch in bar:
         t0 = time.perf_counter()
         order = torch.randperm(n, generator=gen, device=device)
@@ -218,13 +235,17 @@ def _train(model, images, cfg, device, seed, checkpoint, resume, progress) -> li
             first_bad = torch.where((first_bad < 0) & ~torch.isfinite(terms).all(), s, first_bad)
         bad = int(first_bad)  # the one host sync of the epoch, with the totals below
         if bad >= 0:
-            raise MFVCError(f"the loss stopped being a finite number at epoch {epoch + 1}, step {bad + 1}: training "
-                            "diverged; lower the learning rate (--lr) or check the input images")
+            raise MFVCError(
+                f"the loss stopped being a finite number at epoch {epoch + 1}, step {bad + 1}: training "
+                "diverged; lower the learning rate (--lr) or check the input images"
+            )
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         seconds = time.perf_counter() - t0
         loss_v, rec_v, kl_v = (totals / (steps * batch)).tolist()
-        record = dict(epoch=epoch + 1, loss=loss_v, recon=rec_v, kl=kl_v, seconds=seconds, images_per_s=steps * batch / seconds)
+        record = dict(
+            epoch=epoch + 1, loss=loss_v, recon=rec_v, kl=kl_v, seconds=seconds, images_per_s=steps * batch / seconds
+        )
         history.append(record)
         bar.set_postfix(loss=f"{loss_v:.2f}", rec=f"{rec_v:.2f}", kl=f"{kl_v:.1f}")
         if checkpoint is not None:
@@ -233,12 +254,20 @@ def _train(model, images, cfg, device, seed, checkpoint, resume, progress) -> li
     return history
 
 
-def _save_checkpoint(path: Path, model, opt, sched, gen, device, epoch: int, history: list[dict], settings: dict) -> None:
+def _save_checkpoint(
+    path: Path, model, opt, sched, gen, device, epoch: int, history: list[dict], settings: dict
+) -> None:
     keys = list(history[-1])
     state = dict(
-        model=model.state_dict(), optimizer=opt.state_dict(), scheduler=sched.state_dict(),
-        generator=gen.get_state(), torch_rng=torch.get_rng_state(), epoch=epoch, settings=settings,
-        history_keys=keys, history=torch.tensor([[h[k] for k in keys] for h in history], dtype=torch.float64),
+        model=model.state_dict(),
+        optimizer=opt.state_dict(),
+        scheduler=sched.state_dict(),
+        generator=gen.get_state(),
+        torch_rng=torch.get_rng_state(),
+        epoch=epoch,
+        settings=settings,
+        history_keys=keys,
+        history=torch.tensor([[h[k] for k in keys] for h in history], dtype=torch.float64),
     )
     if device.type == "cuda":
         state["cuda_rng"] = torch.cuda.get_rng_state(device)
@@ -246,7 +275,9 @@ def _save_checkpoint(path: Path, model, opt, sched, gen, device, epoch: int, his
 
 
 @torch.no_grad()
-def encode(model: BetaVAE, images: np.ndarray | torch.Tensor, device: torch.device, batch_size: int = 1024) -> torch.Tensor:
+def encode(
+    model: BetaVAE, images: np.ndarray | torch.Tensor, device: torch.device, batch_size: int = 1024
+) -> torch.Tensor:
     """Posterior means μ of ``images`` (uint8 or float) as one float32 tensor on ``device`` (it stays there).
 
     Streams: one batch at a time goes to the device and is converted there, so memory stays near

@@ -118,3 +118,29 @@ class FittedWriters:
 def writers(monkeypatch) -> FittedWriters:
     """Which modules set an MFVC's fitted attributes while the test runs (``writers.ours()``)."""
     return FittedWriters(monkeypatch)
+
+
+# ---------------------------------------------------------------- the command-line tests' data and runner
+from clihelpers import CLI, N_IMAGES  # noqa: E402 - the helpers module sits beside this file
+
+
+@pytest.fixture(scope="module")
+def digits_u8():
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    return (d.images * 255 / 16).astype(np.uint8), d.target.astype(np.int64)
+
+
+@pytest.fixture
+def npz(tmp_path_factory, digits_u8):
+    """64 digits as uint8 with labels, outside the test's own folder (whose state is checked)."""
+    path = tmp_path_factory.mktemp("data") / "small.npz"
+    x, y = digits_u8
+    np.savez(path, images=x[:N_IMAGES], labels=y[:N_IMAGES])
+    return path
+
+
+@pytest.fixture
+def cli(capsys, caplog):
+    return CLI(capsys, caplog)

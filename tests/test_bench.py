@@ -12,8 +12,7 @@ import time
 import numpy as np
 import pytest
 
-from mfvc_gpu.bench import report, stages, timing
-from mfvc_gpu.bench import parse_sizes
+from mfvc_gpu.bench import parse_sizes, report, stages, timing
 from mfvc_gpu.bench.stages import Bench, Case, Settings, probe_gpu
 from mfvc_gpu.cli import main
 from mfvc_gpu.errors import MFVCError
@@ -110,7 +109,10 @@ def test_run_cases_one_row_per_rep_warms_up_once_per_setting():
 
 def test_a_size_dependent_code_path_gets_its_own_warm_up():
     calls = []
-    cases = [_case("umap", "cpu", n, 0, calls, code_path=path) for n, path in ((100, "exact"), (200, "exact"), (5000, "nn-descent"))]
+    cases = [
+        _case("umap", "cpu", n, 0, calls, code_path=path)
+        for n, path in ((100, "exact"), (200, "exact"), (5000, "nn-descent"))
+    ]
     timing.run_cases(cases, repeats=3, warmup=1, progress=False)
     assert [calls.count(("umap", "cpu", n)) for n in (100, 200, 5000)] == [4, 3, 4]
 
@@ -128,14 +130,29 @@ def test_a_failing_case_gives_an_error_row_and_the_rest_still_runs():
 
 
 def _row(stage, backend, n, rep, seconds, baseline=True, variant="default", status="ok"):
-    return dict(stage=stage, backend=backend, device="cuda" if backend == "gpu" else "cpu", library="x", variant=variant,
-                baseline=baseline, dataset="synthetic", n_samples=n, n_features=10, rep=rep, seconds=seconds, status=status, note="")
+    return dict(
+        stage=stage,
+        backend=backend,
+        device="cuda" if backend == "gpu" else "cpu",
+        library="x",
+        variant=variant,
+        baseline=baseline,
+        dataset="synthetic",
+        n_samples=n,
+        n_features=10,
+        rep=rep,
+        seconds=seconds,
+        status=status,
+        note="",
+    )
 
 
 def test_speed_up_only_where_both_sides_ran():
     rows = [_row("umap", "cpu", 1000, r, s) for r, s in ((1, 8.0), (2, 9.0), (3, 7.0))]
     rows += [_row("umap", "gpu", 1000, r, s) for r, s in ((1, 2.0), (2, 2.5), (3, 1.5))]
-    rows += [_row("umap", "cpu", 1000, r, s, baseline=False, variant="parallel") for r, s in ((1, 4.0), (2, 4.0), (3, 4.0))]
+    rows += [
+        _row("umap", "cpu", 1000, r, s, baseline=False, variant="parallel") for r, s in ((1, 4.0), (2, 4.0), (3, 4.0))
+    ]
     rows += [_row("umap", "cpu", 5000, r, 20.0) for r in (1, 2, 3)]
     rows += [_row("umap", "gpu", 5000, None, None, status="unavailable")]
     rows += [_row("kmeans", "gpu", 1000, r, 1.0) for r in (1, 2, 3)]  # no CPU side
@@ -153,7 +170,9 @@ def test_speed_up_only_where_both_sides_ran():
 
 
 def test_csv_has_the_tidy_columns(tmp_path):
-    rows = [_row("kmeans", "cpu", 500, r, 0.1 * r) for r in (1, 2, 3)] + [_row("kmeans", "gpu", 500, None, None, status="unavailable")]
+    rows = [_row("kmeans", "cpu", 500, r, 0.1 * r) for r in (1, 2, 3)] + [
+        _row("kmeans", "gpu", 500, None, None, status="unavailable")
+    ]
     path = report.write_csv(rows, tmp_path / "b.csv")
     with open(path) as f:
         reader = csv.DictReader(f)
@@ -212,7 +231,9 @@ def test_bench_command_writes_csv_markdown_chart_and_machine(tmp_path, capsys):
     if not probe_gpu("auto").rapids:
         assert len(gpu) == 1 and gpu[0]["status"] == "unavailable" and gpu[0]["seconds"] == ""
     md = (out / "bench.md").read_text()
-    assert "| kmeans | synthetic | 500 | 10 | cpu |" in md and "mfvc-gpu bench --quick --stages kmeans --sizes 500" in md
+    assert (
+        "| kmeans | synthetic | 500 | 10 | cpu |" in md and "mfvc-gpu bench --quick --stages kmeans --sizes 500" in md
+    )
     assert (out / "bench.png").read_bytes()[:4] == b"\x89PNG"
     info = json.loads((out / "machine.json").read_text())
     assert info["machine"]["cpu_count"] >= 1 and info["machine"]["cpu_model"]
@@ -223,8 +244,24 @@ def test_bench_command_writes_csv_markdown_chart_and_machine(tmp_path, capsys):
 
 def test_bench_times_torch_stages_with_thread_settings(tmp_path):
     out = tmp_path / "res"
-    rc = main(["bench", "--stages", "train,encode", "--dataset", "digits", "--image-sizes", "40", "--train-subset", "24",
-               "--warmup", "0", "--out", str(out), "--no-progress"])
+    rc = main(
+        [
+            "bench",
+            "--stages",
+            "train,encode",
+            "--dataset",
+            "digits",
+            "--image-sizes",
+            "40",
+            "--train-subset",
+            "24",
+            "--warmup",
+            "0",
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
     assert rc == 0
     with open(out / "bench.csv") as f:
         rows = [r for r in csv.DictReader(f) if r["status"] == "ok"]
@@ -233,7 +270,9 @@ def test_bench_times_torch_stages_with_thread_settings(tmp_path):
     assert {r["n_samples"] for r in train} == {"24"} and {r["n_samples"] for r in encode} == {"40"}
     import torch
 
-    expected = {f"torch_threads={torch.get_num_threads()}"} | ({"torch_threads=1"} if torch.get_num_threads() > 1 else set())
+    expected = {f"torch_threads={torch.get_num_threads()}"} | (
+        {"torch_threads=1"} if torch.get_num_threads() > 1 else set()
+    )
     assert {r["variant"] for r in train} == expected
     for r in train + encode:
         assert float(r["images_per_s"]) == pytest.approx(int(r["n_samples"]) / float(r["seconds"]))
@@ -241,8 +280,26 @@ def test_bench_times_torch_stages_with_thread_settings(tmp_path):
 
 def test_encode_sizes_beyond_the_data_set_repeat_its_images_and_respect_the_cpu_cap(tmp_path):
     out = tmp_path / "res"
-    rc = main(["bench", "--stages", "encode", "--dataset", "digits", "--image-sizes", "40", "--encode-sizes", "2k,3k",
-               "--cpu-max-n", "2500", "--warmup", "0", "--out", str(out), "--no-progress"])
+    rc = main(
+        [
+            "bench",
+            "--stages",
+            "encode",
+            "--dataset",
+            "digits",
+            "--image-sizes",
+            "40",
+            "--encode-sizes",
+            "2k,3k",
+            "--cpu-max-n",
+            "2500",
+            "--warmup",
+            "0",
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
     assert rc == 0
     with open(out / "bench.csv") as f:
         rows = [r for r in csv.DictReader(f) if r["backend"] == "cpu"]
@@ -255,11 +312,14 @@ def test_encode_sizes_beyond_the_data_set_repeat_its_images_and_respect_the_cpu_
     assert "above --cpu-max-n 2500" in skipped["note"]
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--repeats", "2"], "at least 3"),
-    (["--sizes", "abc"], "not a size"),
-    (["--stages", "kmeans,nope"], "unknown stage"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--repeats", "2"], "at least 3"),
+        (["--sizes", "abc"], "not a size"),
+        (["--stages", "kmeans,nope"], "unknown stage"),
+    ],
+)
 def test_bench_user_errors_exit_2(tmp_path, capsys, argv, message):
     assert main(["bench", "--out", str(tmp_path), *argv]) == 2
     assert message in capsys.readouterr().err
@@ -285,7 +345,11 @@ def test_train_step_race_alternates_the_variants_and_reports_ratios(digits):
 
     rows = race(digits.images[:128], "cpu", (32,), rounds=2, steps=2, variants=("eager", "eager contiguous"))
     assert [(r["variant"], r["rep"]) for r in rows] == [
-        ("eager b=32", 1), ("eager contiguous b=32", 1), ("eager contiguous b=32", 2), ("eager b=32", 2)]  # turns rotate
+        ("eager b=32", 1),
+        ("eager contiguous b=32", 1),
+        ("eager contiguous b=32", 2),
+        ("eager b=32", 2),
+    ]  # turns rotate
     assert all(r["status"] == "ok" and r["n_samples"] == 64 and r["images_per_s"] == 64 / r["seconds"] for r in rows)
     assert [r["baseline"] for r in rows] == [True, False, False, True]
     (line,) = ratios(rows)

@@ -26,14 +26,23 @@ def test_cluster_writes_a_complete_run_folder(small_npz, tmp_path, capsys):
     out = tmp_path / "run"
     rc = run_cli("cluster", "--dataset", small_npz, "--epochs", "1", "--latent-dim", "8", "--out", out, "--no-progress")
     assert rc == 0
-    assert sorted(p.name for p in out.iterdir()) == ["clusters.png", "config.yaml", "embedding.png", "labels.csv", "metrics.json", "model", "report.html"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "clusters.png",
+        "config.yaml",
+        "embedding.png",
+        "labels.csv",
+        "metrics.json",
+        "model",
+        "report.html",
+    ]
     m = json.loads((out / "metrics.json").read_text())
     for key in ("acc", "nmi", "purity", "ari", "n_samples", "n_clusters", "backend", "device", "profile", "timings"):
         assert key in m
     assert m["n_samples"] == 300 and m["n_clusters"] == 10 and m["backend"] == "cpu"
     assert 0.0 <= m["acc"] <= 1.0 and m["timings"]["train"] > 0
-    from mfvc_gpu.train import native_bf16
     import torch
+
+    from mfvc_gpu.train import native_bf16
 
     native = native_bf16(torch.device("cpu"))
     assert m["training"]["precision"] == ("bfloat16 autocast" if native else "float32")  # what ran, said in the record
@@ -50,7 +59,23 @@ def test_cluster_writes_a_complete_run_folder(small_npz, tmp_path, capsys):
 
 def test_config_file_round_trip(small_npz, tmp_path):
     out = tmp_path / "run"
-    assert run_cli("cluster", "--dataset", small_npz, "--epochs", "1", "--latent-dim", "4", "--manifold", "none", "--out", out, "--no-progress") == 0
+    assert (
+        run_cli(
+            "cluster",
+            "--dataset",
+            small_npz,
+            "--epochs",
+            "1",
+            "--latent-dim",
+            "4",
+            "--manifold",
+            "none",
+            "--out",
+            out,
+            "--no-progress",
+        )
+        == 0
+    )
     again = tmp_path / "again"
     assert run_cli("cluster", "--config", out / "config.yaml", "--out", again, "--no-progress") == 0
     a = yaml.safe_load((out / "config.yaml").read_text())
@@ -148,5 +173,7 @@ def test_datasets_list_and_verify(mnist_dir, capsys):
 def test_module_entry_point_and_help():
     r = subprocess.run([sys.executable, "-m", "mfvc_gpu", "--help"], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and "cluster" in r.stdout and "datasets" in r.stdout
-    r = subprocess.run([sys.executable, "-m", "mfvc_gpu", "cluster", "--epochs", "many"], capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "mfvc_gpu", "cluster", "--epochs", "many"], capture_output=True, text=True, timeout=120
+    )
     assert r.returncode == 2 and "'many' is not an integer >= 1" in r.stderr

@@ -191,9 +191,12 @@ def test_search_order(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     dirs = [str(p) for p in search_dirs(REGISTRY["mnist"], tmp_path / "explicit")]
     assert dirs == [
-        str(tmp_path / "explicit" / "mnist"), str(tmp_path / "explicit"),
-        str(tmp_path / "env" / "mnist"), str(tmp_path / "env"),
-        str(tmp_path / "cache" / "mfvc_gpu" / "mnist"), "/usr/share/datasets/mnist",
+        str(tmp_path / "explicit" / "mnist"),
+        str(tmp_path / "explicit"),
+        str(tmp_path / "env" / "mnist"),
+        str(tmp_path / "env"),
+        str(tmp_path / "cache" / "mfvc_gpu" / "mnist"),
+        "/usr/share/datasets/mnist",
     ]
 
 

@@ -24,13 +24,15 @@ pytest.importorskip("dask_ml")
 
 from mfvc_gpu import MFVC, MFVCError, cluster_acc, load_dataset  # noqa: E402
 from mfvc_gpu.cli import main as cli_main  # noqa: E402
-from mfvc_gpu.distributed.ddp import load_weights, shard_indices  # noqa: E402
-from mfvc_gpu.distributed import connect, disconnect, fit_distributed, on_worker, run_on_partitions  # noqa: E402
-from mfvc_gpu.models import BetaVAE, VAEConfig  # noqa: E402
 from mfvc_gpu.data import to_images  # noqa: E402
+from mfvc_gpu.distributed import connect, disconnect, fit_distributed, on_worker, run_on_partitions  # noqa: E402
+from mfvc_gpu.distributed.ddp import load_weights, shard_indices  # noqa: E402
+from mfvc_gpu.models import BetaVAE, VAEConfig  # noqa: E402
 
 N = 2000
-PIXELS = dict(n_clusters=10, encoder="none", metric="euclidean", random_state=0, progress=False)  # the Dask mechanics on raw pixels
+PIXELS = dict(
+    n_clusters=10, encoder="none", metric="euclidean", random_state=0, progress=False
+)  # the Dask mechanics on raw pixels
 WORKER = re.compile(r"tcp://127\.0\.0\.1:\d+")
 
 
@@ -57,7 +59,9 @@ def single(mnist):
 def test_labels_match_the_single_process_run(client, mnist, single):
     x, y = mnist
     est = fit_distributed(MFVC(**PIXELS), x, client, sample_size=N)
-    assert est.cluster_config_.method == "kmeans" and est.resolved_params()["cluster"] == "kmeans"  # the profile's GMM is not distributed
+    assert (
+        est.cluster_config_.method == "kmeans" and est.resolved_params()["cluster"] == "kmeans"
+    )  # the profile's GMM is not distributed
     acc_single, acc_dask = cluster_acc(y, single.labels_), cluster_acc(y, est.labels_)
     assert abs(acc_dask - acc_single) <= 0.02, (acc_single, acc_dask)
     assert acc_dask > 0.5  # chance is about 0.11
@@ -103,7 +107,9 @@ def test_the_network_encodes_on_the_workers(client, mnist, writers):
     x = mnist[0][:256]
     torch.manual_seed(0)
     net = BetaVAE(VAEConfig(latent_dim=8)).eval()
-    est = fit_distributed(MFVC(n_clusters=10, latent_dim=8, manifold="none", random_state=0), x, client, model=net, sample_size=256)
+    est = fit_distributed(
+        MFVC(n_clusters=10, latent_dim=8, manifold="none", random_state=0), x, client, model=net, sample_size=256
+    )
     images = to_images(x, 32)
     np.testing.assert_allclose(est.latent_, encode(net, images, torch.device("cpu")).numpy(), rtol=1e-4, atol=1e-4)
     assert est.model_ is net and est.vae_config_ == net.cfg
@@ -116,7 +122,9 @@ def test_a_failing_task_names_its_stage_and_worker(client, mnist):
     net = BetaVAE(VAEConfig(latent_dim=8))
     net.cfg = VAEConfig(latent_dim=16)  # weights that do not fit the network the workers build
     t0 = time.perf_counter()
-    with pytest.raises(MFVCError, match=r"the encode stage failed on worker tcp://.*RuntimeError: Error\(s\) in loading state_dict") as info:
+    with pytest.raises(
+        MFVCError, match=r"the encode stage failed on worker tcp://.*RuntimeError: Error\(s\) in loading state_dict"
+    ) as info:
         fit_distributed(MFVC(n_clusters=10, random_state=0), mnist[0][:64], client, model=net, timeout=60)
     assert time.perf_counter() - t0 < 30
     assert WORKER.search(str(info.value)).group(0) in client.scheduler_info(n_workers=-1)["workers"]
@@ -160,8 +168,25 @@ def test_cli_runs_on_an_existing_scheduler_and_records_the_workers(client, tmp_p
     cfg.write_text("encoder: none\n")
     out = tmp_path / "run"
     address = client.scheduler.address
-    assert cli_main(["cluster", "--dataset", "digits", "--config", str(cfg), "--dask-cluster", address,
-                     "--n-workers", "2", "--no-progress", "--out", str(out)]) == 0
+    assert (
+        cli_main(
+            [
+                "cluster",
+                "--dataset",
+                "digits",
+                "--config",
+                str(cfg),
+                "--dask-cluster",
+                address,
+                "--n-workers",
+                "2",
+                "--no-progress",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     metrics = json.loads((out / "metrics.json").read_text())
     d = metrics["distributed"]
     assert d["cluster"] == address and d["n_workers"] == 2
@@ -191,9 +216,30 @@ def test_ddp_shares_are_equal_and_cover_every_image():
 def test_ddp_two_cpu_processes_train_one_model(tmp_path):
     """torchrun, 2 processes, gloo: disjoint equal shares, replicas identical after training."""
     out = tmp_path / "vae"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "mfvc_gpu.distributed.ddp",
-           "--dataset", "digits", "--limit", "64", "--epochs", "2", "--batch-size", "16", "--latent-dim", "4",
-           "--cpu", "--no-progress", "--out", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "mfvc_gpu.distributed.ddp",
+        "--dataset",
+        "digits",
+        "--limit",
+        "64",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "16",
+        "--latent-dim",
+        "4",
+        "--cpu",
+        "--no-progress",
+        "--out",
+        str(out),
+    ]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
     record = json.loads((out / "ranks.json").read_text())
@@ -241,11 +287,32 @@ def test_ddp_takes_the_network_and_training_flags_from_the_settings_table():
     from mfvc_gpu.params import stage_params
     from mfvc_gpu.resolution import resolve
 
-    args = build_parser().parse_args(["--out", "x", "--latent-dim", "8", "--decoder", "upsample", "--no-amp",
-                                      "--weight-decay", "0", "--batch-size", "16", "--profile", "paper"])
+    args = build_parser().parse_args(
+        [
+            "--out",
+            "x",
+            "--latent-dim",
+            "8",
+            "--decoder",
+            "upsample",
+            "--no-amp",
+            "--weight-decay",
+            "0",
+            "--batch-size",
+            "16",
+            "--profile",
+            "paper",
+        ]
+    )
     given = given_settings(args)
-    assert given == {"latent_dim": 8, "decoder": "upsample", "profile": "paper", "batch_size": 16,
-                     "weight_decay": 0.0, "amp": False}
+    assert given == {
+        "latent_dim": 8,
+        "decoder": "upsample",
+        "profile": "paper",
+        "batch_size": 16,
+        "weight_decay": 0.0,
+        "amp": False,
+    }
     res = resolve(given | {"device": "cpu"})  # what train_ddp builds its network and loop from
     assert (res.vae.latent_dim, res.vae.decoder, res.train.batch_size, res.train.epochs) == (8, "upsample", 16, 200)
     for stage in ("network", "train"):  # every setting of both stages has its flag, none declared twice

@@ -13,56 +13,32 @@ from __future__ import annotations
 
 import errno
 import json
-import logging
 import os
-import tempfile
 import shutil
 import signal
 import subprocess
 import sys
-import time
+import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import pytest
+from clihelpers import ENV, FAST, N_IMAGES, PIXELS, fails, one_line, snapshot, spawn, wait_for
 
 from mfvc_gpu import fileio
 from mfvc_gpu.cli import main
 from mfvc_gpu.errors import MFVCError
 
-REPO = Path(__file__).resolve().parents[1]
-CPU = ["--device", "cpu", "--backend", "cpu", "--no-progress"]
-FAST = ["--manifold", "none", "--batch-size", "32", *CPU]  # 64 images: two steps an epoch
-PIXELS = ["--encoder", "none", *FAST]  # no network at all: the stages after it, and every write site
-N_IMAGES = 64
-
 
 # ---------------------------------------------------------------- helpers
-@pytest.fixture(scope="module")
-def digits_u8():
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
-    return (d.images * 255 / 16).astype(np.uint8), d.target.astype(np.int64)
-
-
-@pytest.fixture
-def npz(tmp_path_factory, digits_u8):
-    """64 digits as uint8 with labels, outside the test's own folder (whose state is checked)."""
-    path = tmp_path_factory.mktemp("data") / "small.npz"
-    x, y = digits_u8
-    np.savez(path, images=x[:N_IMAGES], labels=y[:N_IMAGES])
-    return path
-
-
 @pytest.fixture(scope="module")
 def old_run_template(tmp_path_factory, digits_u8):
     """A finished run folder (no network: fast), copied by the tests that replace one."""
     folder = tmp_path_factory.mktemp("old")
     x, y = digits_u8
     data = folder / "old.npz"
-    np.savez(data, images=x[200:200 + N_IMAGES], labels=y[200:200 + N_IMAGES])
+    np.savez(data, images=x[200 : 200 + N_IMAGES], labels=y[200 : 200 + N_IMAGES])
     assert main(["cluster", "--dataset", str(data), *PIXELS, "--out", str(folder / "run")]) == 0
     return folder / "run"
 
@@ -72,72 +48,6 @@ def old_run(tmp_path, old_run_template):
     out = tmp_path / "run"
     shutil.copytree(old_run_template, out)
     return out
-
-
-def snapshot(root: Path) -> dict[str, bytes | None]:
-    """Every path under ``root`` with its bytes (None for a folder): the file system, to compare."""
-    return {str(p.relative_to(root)): (None if p.is_dir() else p.read_bytes()) for p in sorted(root.rglob("*"))}
-
-
-class CLI:
-    """``mfvc-gpu`` in this process: the exit status, stdout, and what a user sees on stderr
-    (stderr itself and the logging warnings, which pytest takes away from stderr)."""
-
-    def __init__(self, capsys, caplog):
-        self.capsys, self.caplog = capsys, caplog
-
-    def __call__(self, *args) -> tuple[int, str, list[str]]:
-        self.capsys.readouterr()
-        self.caplog.clear()
-        with self.caplog.at_level(logging.WARNING):
-            rc = main([str(a) for a in args])
-        captured = self.capsys.readouterr()
-        lines = captured.err.splitlines() + [r.getMessage() for r in self.caplog.records if r.levelno >= logging.WARNING]
-        return rc, captured.out, lines
-
-
-@pytest.fixture
-def cli(capsys, caplog):
-    return CLI(capsys, caplog)
-
-
-def one_line(lines: list[str], *fragments: str) -> str:
-    """The one line on stderr, holding every fragment, and no traceback."""
-    assert len(lines) == 1, f"expected exactly one line on stderr, got {len(lines)}: {lines}"
-    line = lines[0]
-    assert "Traceback" not in line and line.startswith("mfvc-gpu: "), line
-    for f in fragments:
-        assert f in line, f"{f!r} not in {line!r}"
-    return line
-
-
-def fails(cli, *args, fragments=(), status=2) -> str:
-    rc, _, lines = cli(*args)
-    line = one_line(lines, *fragments)
-    assert rc == status, (rc, line)
-    return line
-
-
-ENV = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep))
-
-
-def spawn(*args, cwd: Path) -> subprocess.Popen:
-    import torch
-
-    env = dict(ENV, OMP_NUM_THREADS=str(torch.get_num_threads()))  # the same kernels, the same bits, as in this process
-    return subprocess.Popen([sys.executable, "-m", "mfvc_gpu", *map(str, args)], cwd=cwd, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-
-def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 180) -> None:
-    t0 = time.monotonic()
-    while not path.exists():
-        if proc.poll() is not None:
-            pytest.fail(f"the run ended (status {proc.returncode}) before {path.name} appeared: {proc.stderr.read()}")
-        if time.monotonic() - t0 > timeout:
-            proc.kill()
-            pytest.fail(f"{path} did not appear within {timeout} s")
-        time.sleep(0.005)
 
 
 def partial(out: Path) -> Path:
@@ -150,12 +60,17 @@ def tmpfs(path: Path, size: str, read_only: bool = False):
     if os.geteuid() != 0 or shutil.which("mount") is None:
         pytest.skip("mounting a tmpfs needs root and mount(8); the injected-ENOSPC cases cover every write site")
     path.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}" + (",ro" if read_only else ""), "tmpfs", str(path)],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}" + (",ro" if read_only else ""), "tmpfs", str(path)],
+        capture_output=True,
+        text=True,
+    )
     if r.returncode != 0:
         path.rmdir()
-        pytest.skip(f"mount -t tmpfs is not permitted here ({r.stderr.strip() or r.returncode}); "
-                    "the injected-ENOSPC cases cover every write site")
+        pytest.skip(
+            f"mount -t tmpfs is not permitted here ({r.stderr.strip() or r.returncode}); "
+            "the injected-ENOSPC cases cover every write site"
+        )
     try:
         yield path
     finally:
@@ -175,8 +90,14 @@ def fill(folder: Path, leave: int) -> Path:
 # ---------------------------------------------------------------- 1. every OSError is one line
 def test_out_under_proc_as_in_the_report(tmp_path):
     """The exact command of the report: a traceback there before; one line now, before any compute."""
-    r = subprocess.run([sys.executable, "-m", "mfvc_gpu", "cluster", "--dataset", "digits", "--out", "/proc/mfvc-run"],
-                       cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-m", "mfvc_gpu", "cluster", "--dataset", "digits", "--out", "/proc/mfvc-run"],
+        cwd=tmp_path,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 2
     one_line(r.stderr.splitlines(), "cannot write the run folder /proc/mfvc-run")
     assert not os.path.exists("/proc/mfvc-run")
@@ -184,7 +105,16 @@ def test_out_under_proc_as_in_the_report(tmp_path):
 
 def test_name_too_long(cli, tmp_path, npz):
     before = snapshot(tmp_path)
-    fails(cli, "cluster", "--dataset", npz, *PIXELS, "--out", tmp_path / ("r" * 250), fragments=("File name too long", "shorter name"))
+    fails(
+        cli,
+        "cluster",
+        "--dataset",
+        npz,
+        *PIXELS,
+        "--out",
+        tmp_path / ("r" * 250),
+        fragments=("File name too long", "shorter name"),
+    )
     assert snapshot(tmp_path) == before
 
 
@@ -197,8 +127,16 @@ def test_out_below_a_missing_folder_is_created_only_for_a_run_that_succeeds(cli,
 
 def test_read_only_file_system(cli, tmp_path, npz):
     with tmpfs(tmp_path / "ro", "1m", read_only=True) as ro:
-        fails(cli, "cluster", "--dataset", npz, *PIXELS, "--out", ro / "run",
-              fragments=(str(ro / "run"), "Read-only file system", "writable file system"))
+        fails(
+            cli,
+            "cluster",
+            "--dataset",
+            npz,
+            *PIXELS,
+            "--out",
+            ro / "run",
+            fragments=(str(ro / "run"), "Read-only file system", "writable file system"),
+        )
         assert list(ro.iterdir()) == []
 
 
@@ -206,15 +144,34 @@ def test_full_disk_for_real(cli, tmp_path, npz):
     """A 1 MiB tmpfs: a run whose checkpoint does not fit, and an --overwrite on a full disk."""
     with tmpfs(tmp_path / "small", "1m") as fs:
         # the network's first checkpoint (~24 MB) cannot be written: nothing is left behind
-        fails(cli, "cluster", "--dataset", npz, "--epochs", "1", *FAST, "--out", fs / "trained",
-              fragments=("checkpoint.pt", "No space left on device", "free some space"))
+        fails(
+            cli,
+            "cluster",
+            "--dataset",
+            npz,
+            "--epochs",
+            "1",
+            *FAST,
+            "--out",
+            fs / "trained",
+            fragments=("checkpoint.pt", "No space left on device", "free some space"),
+        )
         assert list(fs.iterdir()) == []
         # a finished run fits; filled up, replacing it with --overwrite fails and loses nothing
         assert cli("cluster", "--dataset", npz, *PIXELS, "--out", fs / "run")[0] == 0
         fill(fs, leave=16 << 10)
         before = snapshot(fs)
-        fails(cli, "cluster", "--dataset", npz, *PIXELS, "--overwrite", "--out", fs / "run",
-              fragments=("No space left on device", "free some space"))
+        fails(
+            cli,
+            "cluster",
+            "--dataset",
+            npz,
+            *PIXELS,
+            "--overwrite",
+            "--out",
+            fs / "run",
+            fragments=("No space left on device", "free some space"),
+        )
         assert snapshot(fs) == before
 
 
@@ -240,8 +197,17 @@ def enospc_at(monkeypatch, name: str):
 def test_enospc_at_each_write_site_keeps_the_old_run(cli, monkeypatch, tmp_path, npz, old_run, site):
     before = snapshot(tmp_path)
     with enospc_at(monkeypatch, site):
-        fails(cli, "cluster", "--dataset", npz, *PIXELS, "--overwrite", "--out", old_run,
-              fragments=(site, "No space left on device", "free some space"))
+        fails(
+            cli,
+            "cluster",
+            "--dataset",
+            npz,
+            *PIXELS,
+            "--overwrite",
+            "--out",
+            old_run,
+            fragments=(site, "No space left on device", "free some space"),
+        )
     assert snapshot(tmp_path) == before  # the old run intact, no temporary or partial file anywhere
 
 
@@ -277,6 +243,7 @@ def test_fetch_to_a_full_disk_and_to_proc(cli, tmp_path):
     served.mkdir()
     for name in ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):
         (served / name).write_bytes(os.urandom(200_000))
+
     class Quiet(http.server.SimpleHTTPRequestHandler):
         def log_message(self, *a):
             pass
@@ -285,20 +252,61 @@ def test_fetch_to_a_full_disk_and_to_proc(cli, tmp_path):
     threading.Thread(target=server.serve_forever, daemon=True).start()
     url = f"http://127.0.0.1:{server.server_address[1]}/"
     try:
-        fails(cli, "datasets", "fetch", "mnist-test", "--data-dir", "/proc/mfvc-data", "--mirror", url, "--no-progress",
-              fragments=("/proc/mfvc-data", "choose another location"))
+        fails(
+            cli,
+            "datasets",
+            "fetch",
+            "mnist-test",
+            "--data-dir",
+            "/proc/mfvc-data",
+            "--mirror",
+            url,
+            "--no-progress",
+            fragments=("/proc/mfvc-data", "choose another location"),
+        )
         with tmpfs(tmp_path / "small", "64k") as fs:
-            fails(cli, "datasets", "fetch", "mnist-test", "--data-dir", fs, "--mirror", url, "--no-progress",
-                  fragments=(str(fs), "No space left on device"))
+            fails(
+                cli,
+                "datasets",
+                "fetch",
+                "mnist-test",
+                "--data-dir",
+                fs,
+                "--mirror",
+                url,
+                "--no-progress",
+                fragments=(str(fs), "No space left on device"),
+            )
             assert list(fs.iterdir()) == []  # no partial download
     finally:
         server.shutdown()
 
 
 def test_reproduce_to_an_unwritable_folder(cli, tmp_path):
-    fails(cli, "reproduce", "--table", "4", "--datasets", "digits", "--limit", "200", "--epochs", "1", "--seeds", "1",
-          "--variants", "kmeans-pixels", "--device", "cpu", "--backend", "cpu", "--no-progress", "--out", "/proc/mfvc-repro",
-          fragments=("/proc/mfvc-repro",))
+    fails(
+        cli,
+        "reproduce",
+        "--table",
+        "4",
+        "--datasets",
+        "digits",
+        "--limit",
+        "200",
+        "--epochs",
+        "1",
+        "--seeds",
+        "1",
+        "--variants",
+        "kmeans-pixels",
+        "--device",
+        "cpu",
+        "--backend",
+        "cpu",
+        "--no-progress",
+        "--out",
+        "/proc/mfvc-repro",
+        fragments=("/proc/mfvc-repro",),
+    )
 
 
 # ---------------------------------------------------------------- 2. --overwrite never loses the old run
@@ -323,8 +331,17 @@ def _can_exchange(folder: Path) -> bool:
 
 
 # the moments a kill can land while a finished run replaces an old one (fileio.publish_dir)
-CRASH_POINTS = ["exchange-before", "exchange-after", "aside-before", "aside-after", "publish-before", "publish-after",
-                "remove-before", "remove-midway", "remove-after"]
+CRASH_POINTS = [
+    "exchange-before",
+    "exchange-after",
+    "aside-before",
+    "aside-after",
+    "publish-before",
+    "publish-after",
+    "remove-before",
+    "remove-midway",
+    "remove-after",
+]
 
 
 def _crash_in_child(point: str, exchange: bool, out: Path, work: Path) -> int:
@@ -346,12 +363,14 @@ def _crash_in_child(point: str, exchange: bool, out: Path, work: Path) -> int:
                     if name == step and when in ("after", "midway"):
                         os._exit(9)
                     return result
+
                 return wrapped
 
             def moving(fn):
                 def move(src, dst, *a, **k):
                     name = "aside" if Path(dst).name.endswith(".old") else "publish" if Path(dst) == out else None
                     return (at(name, fn) if name else fn)(src, dst, *a, **k)
+
                 return move
 
             fileio._exchange = at("exchange", real_exchange if exchange else (lambda a, b: False))
@@ -398,7 +417,9 @@ def test_overwrite_failing_at_each_step_loses_nothing(tmp_path, monkeypatch, ste
         monkeypatch.setattr(fileio, "_exchange", lambda a, b: (_ for _ in ()).throw(boom))
     elif step == "aside":
         real = os.replace
-        monkeypatch.setattr(os, "replace", lambda s, d, *a, **k: (_ for _ in ()).throw(boom) if str(d).endswith(".old") else real(s, d))
+        monkeypatch.setattr(
+            os, "replace", lambda s, d, *a, **k: (_ for _ in ()).throw(boom) if str(d).endswith(".old") else real(s, d)
+        )
     else:
         monkeypatch.setattr(fileio.shutil, "rmtree", lambda *a, **k: (_ for _ in ()).throw(boom))
     try:
@@ -416,7 +437,15 @@ def test_overwrite_failing_at_each_step_loses_nothing(tmp_path, monkeypatch, ste
 def test_overwrite_replaces_the_whole_folder(cli, tmp_path, npz, old_run):
     (old_run / "stale.txt").write_text("from an older version")
     assert cli("cluster", "--dataset", npz, *PIXELS, "--overwrite", "--out", old_run)[0] == 0
-    assert sorted(p.name for p in old_run.iterdir()) == ["clusters.png", "config.yaml", "embedding.png", "labels.csv", "metrics.json", "model", "report.html"]
+    assert sorted(p.name for p in old_run.iterdir()) == [
+        "clusters.png",
+        "config.yaml",
+        "embedding.png",
+        "labels.csv",
+        "metrics.json",
+        "model",
+        "report.html",
+    ]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # no .partial, no .old
 
 
@@ -456,8 +485,18 @@ def test_ctrl_c_at_each_stage(cli, monkeypatch, tmp_path, npz, old_run, stage):
     where, name = STAGES[stage]
     monkeypatch.setattr(_resolve(where), name, _interrupt)
     before = snapshot(tmp_path)
-    fails(cli, "cluster", "--dataset", npz, *PIXELS, "--overwrite", "--out", old_run, status=130,
-          fragments=("interrupted", "--resume"))
+    fails(
+        cli,
+        "cluster",
+        "--dataset",
+        npz,
+        *PIXELS,
+        "--overwrite",
+        "--out",
+        old_run,
+        status=130,
+        fragments=("interrupted", "--resume"),
+    )
     assert snapshot(tmp_path) == before  # no network, so no checkpoint to keep: exactly as it was
 
 
@@ -475,8 +514,20 @@ def test_ctrl_c_in_training_keeps_only_the_checkpoint(cli, monkeypatch, tmp_path
 
     monkeypatch.setattr(torch.optim.AdamW, "step", step)
     before = snapshot(tmp_path)
-    fails(cli, "cluster", "--dataset", npz, "--epochs", "2", *FAST, "--overwrite", "--out", old_run, status=130,
-          fragments=("interrupted", "--resume"))
+    fails(
+        cli,
+        "cluster",
+        "--dataset",
+        npz,
+        "--epochs",
+        "2",
+        *FAST,
+        "--overwrite",
+        "--out",
+        old_run,
+        status=130,
+        fragments=("interrupted", "--resume"),
+    )
     assert sorted(p.name for p in partial(old_run).iterdir()) == ["checkpoint.pt"]
     assert {k: v for k, v in snapshot(tmp_path).items() if not k.startswith(".run.partial")} == before
 
@@ -516,12 +567,22 @@ def test_kill_9_then_resume_is_bit_identical(cli, monkeypatch, tmp_path, npz):
     assert cli(*args, "--out", out, "--resume")[0] == 0
     assert len(steps) == (4 - done) * (N_IMAGES // 32), "the resumed run trains only the missing epochs"
     assert not partial(out).exists()
-    assert sorted(p.name for p in out.iterdir()) == ["clusters.png", "config.yaml", "embedding.png", "labels.csv", "metrics.json", "model", "report.html"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "clusters.png",
+        "config.yaml",
+        "embedding.png",
+        "labels.csv",
+        "metrics.json",
+        "model",
+        "report.html",
+    ]
     whole = tmp_path / "whole"
     assert cli(*args, "--out", whole)[0] == 0
     assert (out / "labels.csv").read_bytes() == (whole / "labels.csv").read_bytes()
-    scores = [{k: json.loads((d / "metrics.json").read_text())[k] for k in ("acc", "nmi", "purity", "ari", "final_loss")}
-              for d in (out, whole)]
+    scores = [
+        {k: json.loads((d / "metrics.json").read_text())[k] for k in ("acc", "nmi", "purity", "ari", "final_loss")}
+        for d in (out, whole)
+    ]
     assert scores[0] == scores[1]
 
 
@@ -541,8 +602,16 @@ def test_floating_point_error_is_one_line(cli, monkeypatch, tmp_path, npz):
 
     monkeypatch.setattr(estimator, "fit_vae", diverge)
     before = snapshot(tmp_path)
-    fails(cli, "cluster", "--dataset", npz, *FAST, "--out", tmp_path / "run",
-          fragments=("training diverged", "the loss became nan", "--lr", "check the input"))
+    fails(
+        cli,
+        "cluster",
+        "--dataset",
+        npz,
+        *FAST,
+        "--out",
+        tmp_path / "run",
+        fragments=("training diverged", "the loss became nan", "--lr", "check the input"),
+    )
     assert snapshot(tmp_path) == before
 
 
@@ -550,12 +619,15 @@ def test_nan_features(cli, monkeypatch, tmp_path, npz):
     import torch
 
     import mfvc_gpu.estimator as estimator
+    from mfvc_gpu import train
     from mfvc_gpu.models import BetaVAE
 
     monkeypatch.setattr(estimator, "fit_vae", lambda network, *a, **k: (BetaVAE(network), []))
-    monkeypatch.setattr(estimator, "encode", lambda model, images, device, **k: torch.full((len(images), 4), float("nan")))
+    monkeypatch.setattr(train, "encode", lambda model, images, device, **k: torch.full((len(images), 4), float("nan")))
     before = snapshot(tmp_path)
-    fails(cli, "cluster", "--dataset", npz, *FAST, "--out", tmp_path / "run", fragments=("NaN", "lower the learning rate"))
+    fails(
+        cli, "cluster", "--dataset", npz, *FAST, "--out", tmp_path / "run", fragments=("NaN", "lower the learning rate")
+    )
     assert snapshot(tmp_path) == before
 
 
@@ -563,8 +635,18 @@ def test_collapsed_embedding(cli, tmp_path):
     same = tmp_path / "same.npz"
     np.savez(same, images=np.full((N_IMAGES, 8, 8), 100, np.uint8))
     before = snapshot(tmp_path)
-    fails(cli, "cluster", "--dataset", same, "--n-clusters", "3", *PIXELS, "--out", tmp_path / "run",
-          fragments=("collapsed", "check"))
+    fails(
+        cli,
+        "cluster",
+        "--dataset",
+        same,
+        "--n-clusters",
+        "3",
+        *PIXELS,
+        "--out",
+        tmp_path / "run",
+        fragments=("collapsed", "check"),
+    )
     assert snapshot(tmp_path) == before
 
 
@@ -595,6 +677,7 @@ def _edit_json(key_path, value):
             d = d[k]
         d[key_path[-1]] = value
         (folder / "model.json").write_text(json.dumps(meta))
+
     return edit
 
 
@@ -610,7 +693,12 @@ def _pickle_weights(folder: Path):
 
 
 def _pickle_arrays(folder: Path):
-    np.savez(folder / "arrays.npz", latent=np.array([Payload()], dtype=object), embedding=np.zeros((1, 2)), labels=np.zeros(1, int))
+    np.savez(
+        folder / "arrays.npz",
+        latent=np.array([Payload()], dtype=object),
+        embedding=np.zeros((1, 2)),
+        labels=np.zeros(1, int),
+    )
 
 
 TAMPERING = {
@@ -672,7 +760,9 @@ def test_config_yaml_is_read_as_safe_yaml(cli, tmp_path, npz):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["config.yaml"]
 
 
-@pytest.mark.parametrize("content", [b"[1, 2, 3]", b"\x80\x04not json", b'{"no": "status"}'], ids=["list", "binary", "no-status"])
+@pytest.mark.parametrize(
+    "content", [b"[1, 2, 3]", b"\x80\x04not json", b'{"no": "status"}'], ids=["list", "binary", "no-status"]
+)
 def test_tampered_reproduction_cache_is_refused(cli, tmp_path, content):
     from mfvc_gpu.reproduce.runner import Runner
     from mfvc_gpu.reproduce.variants import KMEANS_PIXELS
@@ -682,9 +772,31 @@ def test_tampered_reproduction_cache_is_refused(cli, tmp_path, content):
     path = runner.result_path("digits", KMEANS_PIXELS, 0)
     path.parent.mkdir(parents=True)
     path.write_bytes(content)
-    fails(cli, "reproduce", "--table", "4", "--datasets", "digits", "--limit", "200", "--epochs", "1", "--seeds", "1",
-          "--variants", "kmeans-pixels", "--device", "cpu", "--backend", "cpu", "--no-progress", "--report-only", "--out", out,
-          fragments=(path.name, "refused", "delete it"))
+    fails(
+        cli,
+        "reproduce",
+        "--table",
+        "4",
+        "--datasets",
+        "digits",
+        "--limit",
+        "200",
+        "--epochs",
+        "1",
+        "--seeds",
+        "1",
+        "--variants",
+        "kmeans-pixels",
+        "--device",
+        "cpu",
+        "--backend",
+        "cpu",
+        "--no-progress",
+        "--report-only",
+        "--out",
+        out,
+        fragments=(path.name, "refused", "delete it"),
+    )
     assert path.read_bytes() == content
 
 
@@ -706,8 +818,18 @@ def test_images_of_mixed_sizes(cli, tmp_path, digits_u8):
     (tmp_path / "imgs" / "c0" / "000.png").rename(tmp_path / "imgs" / "c0" / "odd.png")
     _folder(tmp_path / "imgs", [x[0]], labels=[0])
     before = snapshot(tmp_path)
-    fails(cli, "cluster", "--dataset", root, *PIXELS, "--n-clusters", "2", "--out", tmp_path / "run",
-          fragments=("2 different sizes", "8x8", "12x12", "odd.png", "resize"))
+    fails(
+        cli,
+        "cluster",
+        "--dataset",
+        root,
+        *PIXELS,
+        "--n-clusters",
+        "2",
+        "--out",
+        tmp_path / "run",
+        fragments=("2 different sizes", "8x8", "12x12", "odd.png", "resize"),
+    )
     assert snapshot(tmp_path) == before
 
 
@@ -717,9 +839,11 @@ def test_16_bit_and_rgba_pngs_read_as_their_8_bit_grey(cli, tmp_path, digits_u8)
     x, y = x[:N_IMAGES], y[:N_IMAGES] % 2
     rgba = np.zeros((*x.shape, 4), np.uint8)
     rgba[..., :3], rgba[..., 3] = 255, x  # transparency is the digit: composited over black, it is the grey image
-    folders = {"grey8": _folder(tmp_path / "grey8", list(x), labels=y),
-               "grey16": _folder(tmp_path / "grey16", list(x.astype(np.uint16) * 257), labels=y),
-               "rgba": _folder(tmp_path / "rgba", list(rgba), "RGBA", labels=y)}
+    folders = {
+        "grey8": _folder(tmp_path / "grey8", list(x), labels=y),
+        "grey16": _folder(tmp_path / "grey16", list(x.astype(np.uint16) * 257), labels=y),
+        "rgba": _folder(tmp_path / "rgba", list(rgba), "RGBA", labels=y),
+    }
     labels = {}
     for name, folder in folders.items():
         rc, _, lines = cli("cluster", "--dataset", folder, *PIXELS, "--out", tmp_path / f"run-{name}")
@@ -735,8 +859,16 @@ def test_a_corrupt_image_is_named(cli, tmp_path, digits_u8):
     root = _folder(tmp_path / "imgs", list(x[:20]))
     (root / "c1" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
     before = snapshot(tmp_path)
-    fails(cli, "cluster", "--dataset", root, *PIXELS, "--out", tmp_path / "run",
-          fragments=("broken.png", "not a readable image", "--bad-images skip"))
+    fails(
+        cli,
+        "cluster",
+        "--dataset",
+        root,
+        *PIXELS,
+        "--out",
+        tmp_path / "run",
+        fragments=("broken.png", "not a readable image", "--bad-images skip"),
+    )
     assert snapshot(tmp_path) == before
 
 
@@ -751,17 +883,33 @@ def test_a_corrupt_image_is_skipped_with_a_count(cli, tmp_path, digits_u8):
 
 
 BAD_ARRAYS = {
-    "object array": (lambda p: np.savez(p, images=np.array([Payload(), Payload()], dtype=object)),
-                     ".npz", ("array of Python objects", "without unpickling")),
+    "object array": (
+        lambda p: np.savez(p, images=np.array([Payload(), Payload()], dtype=object)),
+        ".npz",
+        ("array of Python objects", "without unpickling"),
+    ),
     "empty npy": (lambda p: np.save(p, np.zeros((0, 8, 8), np.uint8)), ".npy", ("holds no images",)),
     "npy of nothing": (lambda p: np.save(p, np.zeros(0)), ".npy", ("holds no images",)),
-    "pickled npy": (lambda p: np.save(p, np.array([Payload()], dtype=object), allow_pickle=True), ".npy", ("pickle", "refused")),
-    "negative label": (lambda p: np.savez(p, images=np.zeros((4, 8, 8), np.uint8), labels=np.array([0, 1, -3, 2])),
-                       ".npz", ("'labels' holds -3 at index 2", "0, 1, 2")),
-    "fractional label": (lambda p: np.savez(p, images=np.zeros((4, 8, 8), np.uint8), labels=np.array([0, 1, 2.5, 2])),
-                         ".npz", ("2.5", "whole numbers")),
-    "labels of another length": (lambda p: np.savez(p, images=np.zeros((4, 8, 8), np.uint8), labels=np.arange(3)),
-                                 ".npz", ("(3,)", "(4,)")),
+    "pickled npy": (
+        lambda p: np.save(p, np.array([Payload()], dtype=object), allow_pickle=True),
+        ".npy",
+        ("pickle", "refused"),
+    ),
+    "negative label": (
+        lambda p: np.savez(p, images=np.zeros((4, 8, 8), np.uint8), labels=np.array([0, 1, -3, 2])),
+        ".npz",
+        ("'labels' holds -3 at index 2", "0, 1, 2"),
+    ),
+    "fractional label": (
+        lambda p: np.savez(p, images=np.zeros((4, 8, 8), np.uint8), labels=np.array([0, 1, 2.5, 2])),
+        ".npz",
+        ("2.5", "whole numbers"),
+    ),
+    "labels of another length": (
+        lambda p: np.savez(p, images=np.zeros((4, 8, 8), np.uint8), labels=np.arange(3)),
+        ".npz",
+        ("(3,)", "(4,)"),
+    ),
     "truncated npz": (lambda p: p.write_bytes(b"PK\x03\x04 and then nothing"), ".npz", ("not a readable .npz",)),
 }
 
@@ -773,7 +921,18 @@ def test_bad_arrays_are_refused(cli, tmp_path, case):
     make(path)
     Path(Payload.marker).unlink(missing_ok=True)
     before = snapshot(tmp_path)
-    fails(cli, "cluster", "--dataset", path, *PIXELS, "--n-clusters", "2", "--out", tmp_path / "run", fragments=(str(path), *fragments))
+    fails(
+        cli,
+        "cluster",
+        "--dataset",
+        path,
+        *PIXELS,
+        "--n-clusters",
+        "2",
+        "--out",
+        tmp_path / "run",
+        fragments=(str(path), *fragments),
+    )
     assert not Path(Payload.marker).exists(), "a pickle in the data ran"
     assert snapshot(tmp_path) == before
 
@@ -791,8 +950,18 @@ def test_pixel_ranges_are_said_and_pixel_max_names_white(cli, tmp_path):
     assert snapshot(tmp_path) == before
     wide = tmp_path / "wide.npz"
     np.savez(wide, images=np.linspace(-1, 3, N_IMAGES * 64).reshape(N_IMAGES, 8, 8).astype(np.float32))
-    fails(cli, "cluster", "--dataset", wide, *PIXELS, "--n-clusters", "2", "--out", tmp_path / "run",
-          fragments=("[-1, 3]", "--pixel-max"))
+    fails(
+        cli,
+        "cluster",
+        "--dataset",
+        wide,
+        *PIXELS,
+        "--n-clusters",
+        "2",
+        "--out",
+        tmp_path / "run",
+        fragments=("[-1, 3]", "--pixel-max"),
+    )
     rc, _, lines = cli("cluster", "--dataset", raw, *PIXELS, "--pixel-max", "16", "--out", tmp_path / "run")
     assert rc == 0, lines
     import yaml

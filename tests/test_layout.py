@@ -51,8 +51,12 @@ def test_no_import_cycles_between_modules():
         return any(n == b or (n not in seen and reaches(n, b, (*seen, n))) for n in graph[a])
 
     # a package's __init__ importing its own submodules is how packages work; anything else is a cycle
-    cycles = [(a, b) for a in graph for b in graph[a] if not b.startswith(a + ".") and reaches(b, a)
-              and not a.startswith(b + ".")]
+    cycles = [
+        (a, b)
+        for a in graph
+        for b in graph[a]
+        if not b.startswith(a + ".") and reaches(b, a) and not a.startswith(b + ".")
+    ]
     assert cycles == []
 
 
@@ -88,9 +92,13 @@ def test_the_settings_import_no_torch():
 def test_only_mfvc_gpu_is_installed_and_its_commands_work(tmp_path):
     """``benchmarks`` is the repository's script folder, not a package: outside the checkout it
     does not import, while ``mfvc-gpu bench`` and ``reproduce`` (sub-packages of mfvc_gpu) do."""
-    r = subprocess.run([sys.executable, "-c", "import benchmarks"], capture_output=True, text=True, cwd=tmp_path, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-c", "import benchmarks"], capture_output=True, text=True, cwd=tmp_path, timeout=60
+    )
     assert r.returncode != 0 and "No module named 'benchmarks'" in r.stderr
     for cmd in ("bench", "reproduce"):
-        r = subprocess.run([sys.executable, "-m", "mfvc_gpu", cmd, "--help"], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+        r = subprocess.run(
+            [sys.executable, "-m", "mfvc_gpu", cmd, "--help"], capture_output=True, text=True, cwd=tmp_path, timeout=120
+        )
         assert r.returncode == 0 and "usage: mfvc-gpu " + cmd in r.stdout
     assert not (PKG.parent / "benchmarks" / "__init__.py").exists()

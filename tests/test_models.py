@@ -63,7 +63,9 @@ def test_encoder_fuses_496_features():
 def test_vae_forward_shapes_and_range(decoder):
     vae = BetaVAE(VAEConfig(latent_dim=5, decoder=decoder)).eval()
     kinds = {type(m) for m in vae.decoder.modules()}
-    assert (torch.nn.ConvTranspose2d in kinds) == (decoder == "transpose") and (torch.nn.Upsample in kinds) == (decoder == "upsample")
+    assert (torch.nn.ConvTranspose2d in kinds) == (decoder == "transpose") and (torch.nn.Upsample in kinds) == (
+        decoder == "upsample"
+    )
     x = torch.rand(4, 1, 32, 32)
     recon, mu, logvar = vae(x)
     assert recon.shape == x.shape

@@ -12,10 +12,10 @@ import re
 import shlex
 import shutil
 import subprocess
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 import yaml
 from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
@@ -183,7 +183,7 @@ def pip_install_steps(path: Path) -> list[str]:
 
 def pip_install_words(step: str) -> list[str]:
     """The words of the one `pip install` command in a RUN step, up to the first `&&`."""
-    command = step[step.index("pip install"):]
+    command = step[step.index("pip install") :]
     words = []
     for word in shlex.split(command)[2:]:
         if word in {"&&", "||", ";", "|"}:
@@ -230,7 +230,9 @@ def test_environment_names_rapids_from_one_release_on_cuda_13():
     spec = specs.get("cuda-version", "").removeprefix("cuda-version").strip()
     allowed = conda_version_spec(spec)
     major = int(CUDA_MAJOR)
-    assert any(allowed.contains(f"{major}.{minor}") for minor in range(10)), f"cuda-version{spec} allows no CUDA {major}"
+    assert any(allowed.contains(f"{major}.{minor}") for minor in range(10)), (
+        f"cuda-version{spec} allows no CUDA {major}"
+    )
     others = [v for v in (f"{major - 1}.9", f"{major + 1}.0", f"{major + 2}.0") if allowed.contains(v)]
     assert not others, f"cuda-version{spec} also allows CUDA {others}: bound it to CUDA {major}"
 
@@ -243,7 +245,9 @@ def test_environment_rapids_series_is_allowed_by_the_gpu_extra():
     lowers = {}
     for conda_name in RAPIDS_RELEASED:
         req = extra[gpu_wheel(conda_name)]
-        assert req.specifier.contains(f"{series}.0"), f"environment.yml has RAPIDS {series}, outside the gpu extra's {req}"
+        assert req.specifier.contains(f"{series}.0"), (
+            f"environment.yml has RAPIDS {series}, outside the gpu extra's {req}"
+        )
         lowers[req.name] = rapids_series(lower_bound(req))
         assert lowers[req.name] <= series, f"{req} starts past environment.yml's RAPIDS {series}"
     assert len(set(lowers.values())) == 1, f"the gpu extra's RAPIDS wheels start at different series: {lowers}"
@@ -340,7 +344,13 @@ def test_gpu_dockerfile_pins_torch_from_the_default_index():
     # A plain release: a local tag (+cu126, +cpu) names a wheel the registry's default index lacks.
     assert re.fullmatch(r"\d+\.\d+\.\d+", version), f"TORCH_VERSION must pin one torch release, got {version!r}"
     code = "\n".join(rest for _, rest in instructions(GPU_DOCKERFILE))
-    for other_index in ("download.pytorch.org", "--index-url", "--extra-index-url", "PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL"):
+    for other_index in (
+        "download.pytorch.org",
+        "--index-url",
+        "--extra-index-url",
+        "PIP_INDEX_URL",
+        "PIP_EXTRA_INDEX_URL",
+    ):
         assert other_index not in code, f"torch must come from the registry's default index, found {other_index}"
     # The torch that CI's rapids_api tier resolves the gpu extra with (.ci/run), where that script exists.
     ci = REPO / ".ci" / "run"
@@ -356,7 +366,9 @@ def test_gpu_dockerfile_holds_the_gpu_extra_to_the_environment_rapids_series():
     for conda_name in RAPIDS_RELEASED:
         wheel = gpu_wheel(conda_name)
         assert f"{wheel}==${{RAPIDS_VERSION}}.*" in words, f"{wheel} is not held to RAPIDS_VERSION: {words}"
-        assert gpu_extra()[wheel].specifier.contains(f"{series}.0"), f"RAPIDS_VERSION={series} is outside {gpu_extra()[wheel]}"
+        assert gpu_extra()[wheel].specifier.contains(f"{series}.0"), (
+            f"RAPIDS_VERSION={series} is outside {gpu_extra()[wheel]}"
+        )
 
 
 def test_gpu_dockerfile_asks_the_nvidia_runtime_for_the_driver():
@@ -427,12 +439,26 @@ def test_dockerignore_keeps_results_out_and_the_source_in():
     lines = (REPO / ".dockerignore").read_text().splitlines()
     patterns = [line.strip().rstrip("/") for line in lines if line.strip() and not line.startswith("#")]
     assert not any(p.startswith("!") for p in patterns)
-    for path in (".git/config", "runs/mnist-seed0/model.pt", "data/mnist/x.gz", "bench-results",
-                 "mfvc_gpu.egg-info/PKG-INFO", "mfvc_gpu/models/__pycache__/vae.cpython-312.pyc", ".pytest_cache"):
+    for path in (
+        ".git/config",
+        "runs/mnist-seed0/model.pt",
+        "data/mnist/x.gz",
+        "bench-results",
+        "mfvc_gpu.egg-info/PKG-INFO",
+        "mfvc_gpu/models/__pycache__/vae.cpython-312.pyc",
+        ".pytest_cache",
+    ):
         assert dockerignored(path, patterns), f"{path} would be sent to the Docker daemon"
     # The images copy the repository root and run the test suite: these must stay in the context.
-    for path in ("mfvc_gpu/cli.py", "mfvc_gpu/data/registry.py", "tests/conftest.py", "benchmarks",
-                 "pyproject.toml", "environment.yml", "docker/Dockerfile"):
+    for path in (
+        "mfvc_gpu/cli.py",
+        "mfvc_gpu/data/registry.py",
+        "tests/conftest.py",
+        "benchmarks",
+        "pyproject.toml",
+        "environment.yml",
+        "docker/Dockerfile",
+    ):
         assert not dockerignored(path, patterns), f"{path} must stay in the build context"
 
 
@@ -484,8 +510,9 @@ def test_compose_services_match_the_image_layout(name):
     workdir = [rest for word, rest in steps if word == "WORKDIR"][-1].rstrip("/")
     source = [rest.split()[-1] for word, rest in steps if word == "COPY" and rest.split()[-2] == "."][-1].rstrip("/")
     wd = svc["working_dir"].rstrip("/")
-    assert wd == source if name == "test" else (wd == workdir or wd.startswith(f"{workdir}/")), \
+    assert wd == source if name == "test" else (wd == workdir or wd.startswith(f"{workdir}/")), (
         f"{name} works in {wd}; the image has WORKDIR {workdir} and the source in {source}"
+    )
     user = [rest for word, rest in steps if word == "USER"][-1].split(":")[0]
     default = re.fullmatch(r"\$\{MFVC_USER:-(\d+)(?::\d+)?\}", str(svc["user"]))
     assert default and default.group(1) == user, f"{name} runs as {svc['user']}, the image as USER {user}"

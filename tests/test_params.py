@@ -91,8 +91,14 @@ def test_bad_config_values_fail_with_the_key_the_value_and_the_range(data, messa
 
 
 def test_stage_groups_and_old_names_are_read():
-    cfg = RunConfig.from_dict({"manifold": {"metric": "cosine", "method": "isomap"}, "cluster": {"n_init": 1},
-                               "vae": {"latent_dim": 8}, "seed": 4})
+    cfg = RunConfig.from_dict(
+        {
+            "manifold": {"metric": "cosine", "method": "isomap"},
+            "cluster": {"n_init": 1},
+            "vae": {"latent_dim": 8},
+            "seed": 4,
+        }
+    )
     assert (cfg.metric, cfg.manifold, cfg.n_init, cfg.latent_dim, cfg.random_state) == ("cosine", "isomap", 1, 8, 4)
 
 
@@ -102,8 +108,11 @@ def test_a_grouped_config_is_used_by_the_run_and_recorded(tmp_path, digits, caps
     data = tmp_path / "small.npz"
     np.savez(data, images=digits.images[:200, 0], labels=digits.labels[:200])  # uint8
     conf = tmp_path / "in.yaml"
-    conf.write_text(yaml.safe_dump({"encoder": "none", "manifold": {"metric": "cosine", "n_neighbors": 10},
-                                    "cluster": {"n_init": 1}}))
+    conf.write_text(
+        yaml.safe_dump(
+            {"encoder": "none", "manifold": {"metric": "cosine", "n_neighbors": 10}, "cluster": {"n_init": 1}}
+        )
+    )
     out = tmp_path / "run"
     assert main(["cluster", "--dataset", str(data), "--config", str(conf), "--out", str(out), "--no-progress"]) == 0
     ran = yaml.safe_load((out / "config.yaml").read_text())
@@ -157,9 +166,14 @@ def test_a_mixture_that_cannot_be_fitted_is_one_clear_error(monkeypatch):
     from mfvc_gpu.config import ClusterConfig
 
     def ill(self, X, y=None):
-        raise ValueError("Fitting the mixture model failed because some components have ill-defined empirical covariance. Try")
+        raise ValueError(
+            "Fitting the mixture model failed because some components have ill-defined empirical covariance. Try"
+        )
 
     monkeypatch.setattr(GaussianMixture, "fit_predict", ill)
-    with pytest.raises(MFVCError, match=r"the Gaussian mixture could not be fitted to the 30 embedded points: Fitting the "
-                                        r"mixture model failed .*; use cluster='kmeans' \(--cluster kmeans\), or fewer clusters"):
+    with pytest.raises(
+        MFVCError,
+        match=r"the Gaussian mixture could not be fitted to the 30 embedded points: Fitting the "
+        r"mixture model failed .*; use cluster='kmeans' \(--cluster kmeans\), or fewer clusters",
+    ):
         CPUBackend().fit_cluster(np.zeros((30, 2), np.float32), ClusterConfig(method="gmm"), 3, 0)

@@ -113,7 +113,8 @@ def _assert_device_error(exc: BaseException, kind: str | None = None) -> None:
     from mfvc_gpu import MFVCError
 
     assert not isinstance(exc, (TypeError, AttributeError, NameError, ImportError, KeyError, MFVCError)), (
-        f"expected a device error, got {type(exc).__name__}: {exc}")
+        f"expected a device error, got {type(exc).__name__}: {exc}"
+    )
     assert isinstance(exc, RuntimeError), f"{type(exc).__module__}.{type(exc).__name__}: {exc}"
     assert re.search(r"cuda|driver|nvidia|device", str(exc), re.IGNORECASE), str(exc)
     if kind is not None:
@@ -145,8 +146,11 @@ def _failed_at(exc: BaseException, function: str, code: str):
 
 def _named_parameters(fn) -> set[str]:
     """Parameters of ``fn`` that have a name (a ``**kwargs`` catch-all does not count)."""
-    return {n for n, p in inspect.signature(fn).parameters.items()
-            if p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)}
+    return {
+        n
+        for n, p in inspect.signature(fn).parameters.items()
+        if p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+    }
 
 
 def _assert_params_taken(estimator, asked: dict) -> None:
@@ -235,9 +239,16 @@ _IMPORT_ORDERS = {
 @pytest.fixture(scope="module")
 def import_runs(rapids):
     """Both import orders, each in a fresh interpreter, run side by side (about 10 s)."""
-    procs = {order: subprocess.Popen([sys.executable, "-c", _IMPORT_SCRIPT, *mods], stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, text=True, cwd=str(REPO))
-             for order, mods in _IMPORT_ORDERS.items()}
+    procs = {
+        order: subprocess.Popen(
+            [sys.executable, "-c", _IMPORT_SCRIPT, *mods],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=str(REPO),
+        )
+        for order, mods in _IMPORT_ORDERS.items()
+    }
     out = {}
     for order, p in procs.items():
         try:
@@ -265,7 +276,9 @@ def test_torch_and_rapids_import_together_as_one_cuda_stack(import_runs, order):
         paths = libs.get(lib, [])
         assert len(paths) <= 1, f"{lib} is mapped from several places (two CUDA stacks): {paths}"
         for path in paths:
-            assert path.endswith(f".so.{major}"), f"{path} is not CUDA {major} (torch is built for {info['torch_cuda']})"
+            assert path.endswith(f".so.{major}"), (
+                f"{path} is not CUDA {major} (torch is built for {info['torch_cuda']})"
+            )
 
 
 def test_torch_cupy_and_rapids_are_built_for_cuda_13(rapids):
@@ -306,7 +319,9 @@ def test_the_gpu_extra_is_this_cuda_13_stack(rapids):
     reqs = [Requirement(r) for r in extra]
     names = {r.name.lower() for r in reqs}
     installed = {(d.metadata["Name"] or "").lower() for d in metadata.distributions()}
-    assert {n for n in names if n.startswith("cupy")} == {n for n in installed if n.startswith("cupy")} == {"cupy-cuda13x"}
+    assert (
+        {n for n in names if n.startswith("cupy")} == {n for n in installed if n.startswith("cupy")} == {"cupy-cuda13x"}
+    )
     assert {"cuml-cu13", "cudf-cu13", "dask-cuda"} <= names
     assert not [n for n in names if re.search(r"cu1[12]$|cuda1[12]x", n)], sorted(names)
     for r in reqs:
@@ -315,13 +330,41 @@ def test_the_gpu_extra_is_this_cuda_13_stack(rapids):
 
 
 # ================================================================ 3-5: cuML estimator keywords
-@pytest.mark.parametrize("cfg_kwargs, n_components, seed, expected", [
-    pytest.param(dict(metric="euclidean"), 10, 7, dict(n_neighbors=27, min_dist=0.0, n_components=10, metric="euclidean", random_state=7,
-                                 build_algo="brute_force_knn", output_type="cupy"), id="paper-defaults"),
-    pytest.param(dict(knn="nn-descent", metric="cosine", n_neighbors=15, min_dist=0.25), 3, 1,
-                 dict(n_neighbors=15, min_dist=0.25, n_components=3, metric="cosine", random_state=1,
-                      build_algo="nn_descent", output_type="cupy"), id="cosine-nn-descent"),
-])
+@pytest.mark.parametrize(
+    "cfg_kwargs, n_components, seed, expected",
+    [
+        pytest.param(
+            dict(metric="euclidean"),
+            10,
+            7,
+            dict(
+                n_neighbors=27,
+                min_dist=0.0,
+                n_components=10,
+                metric="euclidean",
+                random_state=7,
+                build_algo="brute_force_knn",
+                output_type="cupy",
+            ),
+            id="paper-defaults",
+        ),
+        pytest.param(
+            dict(knn="nn-descent", metric="cosine", n_neighbors=15, min_dist=0.25),
+            3,
+            1,
+            dict(
+                n_neighbors=15,
+                min_dist=0.25,
+                n_components=3,
+                metric="cosine",
+                random_state=1,
+                build_algo="nn_descent",
+                output_type="cupy",
+            ),
+            id="cosine-nn-descent",
+        ),
+    ],
+)
 def test_cuml_umap_holds_exactly_the_umap_params(rapids, cfg_kwargs, n_components, seed, expected):
     """``cuml.UMAP(**umap_params(...))`` keeps every value as asked (27 neighbours, min_dist 0,
     the seed, build_algo never cuML's "auto"). Not proven: the embedding cuML would compute."""
@@ -355,8 +398,17 @@ def test_every_keyword_for_cuml_is_a_named_parameter_of_the_real_constructor(rap
         (cuml.UMAP, umap_params(ManifoldConfig(metric="euclidean"), 4, 0)),
         (cuml.UMAP, umap_params(ManifoldConfig(knn="nn-descent", metric="cosine"), 2, 3)),
         (cuml.KMeans, kmeans_params(ClusterConfig(method="kmeans"), 5, 1)),
-        (cuml.KMeans, dict(n_clusters=2, init=np.zeros((2, 3), np.float32), n_init=1, max_iter=1, random_state=0,
-                           output_type="cupy")),  # RapidsBackend.kmeans_from_centres' keywords
+        (
+            cuml.KMeans,
+            dict(
+                n_clusters=2,
+                init=np.zeros((2, 3), np.float32),
+                n_init=1,
+                max_iter=1,
+                random_state=0,
+                output_type="cupy",
+            ),
+        ),  # RapidsBackend.kmeans_from_centres' keywords
         (cuml.DBSCAN, dbscan_params(ClusterConfig(method="dbscan", eps=0.7, min_samples=3))),
     ]
     for cls, kwargs in calls:
@@ -381,8 +433,10 @@ def test_cuml_kmeans_and_dbscan_hold_the_cluster_params(rapids):
     _assert_params_taken(km, dict(n_clusters=4, n_init=10, random_state=9, output_type="cupy"))
     assert inspect.signature(cuml.KMeans).parameters["n_init"].default != 10  # 10 is set, not inherited
     km._validate_fit_params()  # cuML's host-side checks run at fit, before any device work
-    for cfg, eps, min_samples in [(ClusterConfig(method="dbscan"), 0.5, 5),
-                                     (ClusterConfig(method="dbscan", eps=0.25, min_samples=12), 0.25, 12)]:
+    for cfg, eps, min_samples in [
+        (ClusterConfig(method="dbscan"), 0.5, 5),
+        (ClusterConfig(method="dbscan", eps=0.25, min_samples=12), 0.25, 12),
+    ]:
         db = cuml.DBSCAN(**dbscan_params(cfg))
         _assert_params_taken(db, dict(eps=eps, min_samples=min_samples, output_type="cupy"))
 
@@ -415,10 +469,13 @@ def test_every_metric_and_knn_the_project_offers_is_supported_by_cuml_or_refused
 
 
 # ================================================================ 6: RapidsBackend up to the device
-@pytest.mark.parametrize("method, cls, expected", [
-    ("kmeans", "KMeans", dict(n_clusters=3, n_init=10, random_state=11, output_type="cupy")),
-    ("dbscan", "DBSCAN", dict(eps=0.5, min_samples=5, output_type="cupy")),
-])
+@pytest.mark.parametrize(
+    "method, cls, expected",
+    [
+        ("kmeans", "KMeans", dict(n_clusters=3, n_init=10, random_state=11, output_type="cupy")),
+        ("dbscan", "DBSCAN", dict(eps=0.5, min_samples=5, output_type="cupy")),
+    ],
+)
 def test_fit_cluster_builds_the_cuml_estimator_and_fails_only_at_the_device(rapids, no_device, method, cls, expected):
     """``RapidsBackend.fit_cluster`` builds the real cuML estimator with the project's values and
     gets as far as ``fit_predict``, which fails with CuPy's CUDA error (no driver/device): the
@@ -437,7 +494,9 @@ def test_fit_cluster_builds_the_cuml_estimator_and_fails_only_at_the_device(rapi
     _assert_params_taken(model, expected)
 
 
-@pytest.mark.parametrize("knn, build, staged", [("brute", "brute_force_knn", False), ("nn-descent", "nn_descent", True)])
+@pytest.mark.parametrize(
+    "knn, build, staged", [("brute", "brute_force_knn", False), ("nn-descent", "nn_descent", True)]
+)
 def test_fit_manifold_builds_cuml_umap_and_fails_only_at_the_device(rapids, no_device, knn, build, staged):
     """``RapidsBackend.fit_manifold`` records the kNN build and cuML's version, builds ``cuml.UMAP``
     with umap_params and fails inside ``fit_transform`` with a CUDA error. Not proven: the embedding."""
@@ -494,8 +553,10 @@ def test_kmeans_from_centres_builds_a_valid_cuml_kmeans(rapids, monkeypatch):
         RapidsBackend().kmeans_from_centres(centres, 4)
     km = seen["estimator"]
     assert type(km) is rapids.cuml.KMeans
-    _assert_params_taken(km, dict(n_clusters=3, init=centres.astype(np.float32), n_init=1, max_iter=1, random_state=4,
-                                  output_type="cupy"))
+    _assert_params_taken(
+        km,
+        dict(n_clusters=3, init=centres.astype(np.float32), n_init=1, max_iter=1, random_state=4, output_type="cupy"),
+    )
     assert np.asarray(km.get_params()["init"]).dtype == np.float32
     np.testing.assert_array_equal(seen["X"], centres.astype(np.float32))
     km._validate_fit_params()
@@ -530,8 +591,12 @@ def test_resolve_and_the_rapids_probes_see_the_real_libraries(rapids, no_device)
     assert backends.rapids_problem(dask=True) is None
     assert backends.rapids_available() is True and backends.rapids_available(dask=True) is True
     assert (backends.place("auto", "auto").device, backends.place("auto", "auto").backend) == ("cpu", "cpu")
-    for device, backend, dask in [("cuda", "rapids", False), ("cuda", "auto", False), ("cuda:0", "auto", True),
-                                  ("auto", "auto", True)]:
+    for device, backend, dask in [
+        ("cuda", "rapids", False),
+        ("cuda", "auto", False),
+        ("cuda:0", "auto", True),
+        ("auto", "auto", True),
+    ]:
         placement = backends.place(device, backend, cuda=True, dask=dask)
         assert (placement.device, placement.backend, placement.note) == (device.replace("auto", "cuda"), "rapids", "")
     with pytest.raises(MFVCError, match="torch sees no CUDA GPU"):
@@ -593,8 +658,10 @@ def test_require_reports_an_installed_but_broken_package_with_its_error(rapids, 
         require("mfvc_broken_cuda_lib", "backend 'rapids'", RAPIDS_HINT)
     msg = str(info.value)
     assert msg.startswith("backend 'rapids' needs mfvc_broken_cuda_lib"), msg
-    assert "mfvc_broken_cuda_lib is installed but failed to import (ImportError: undefined symbol: " \
-           "__nvJitLinkCreate_12_9)" in msg
+    assert (
+        "mfvc_broken_cuda_lib is installed but failed to import (ImportError: undefined symbol: "
+        "__nvJitLinkCreate_12_9)" in msg
+    )
     assert msg.endswith(RAPIDS_HINT)
     assert isinstance(info.value.__cause__, ImportError)
 
@@ -613,8 +680,9 @@ def test_cudf_readers_and_writer_take_the_keywords_tables_uses(rapids):
 
 
 @pytest.mark.parametrize("suffix, reader", [(".csv", "cudf.read_csv("), (".parquet", "cudf.read_parquet(")])
-def test_read_features_on_the_gpu_reaches_cudf_and_fails_at_the_device(rapids, no_device, monkeypatch, tmp_path,
-                                                                       suffix, reader):
+def test_read_features_on_the_gpu_reaches_cudf_and_fails_at_the_device(
+    rapids, no_device, monkeypatch, tmp_path, suffix, reader
+):
     """``tables.read_features(gpu=True)`` checks the columns on the host, then calls cuDF's reader
     with keywords that are named parameters of it (recorded on the way in), inside the chosen
     device's context (``cuda:1`` enters device 1), which fails for want of
@@ -631,7 +699,7 @@ def test_read_features_on_the_gpu_reaches_cudf_and_fails_at_the_device(rapids, n
     else:
         pytest.importorskip("pyarrow")
         frame.to_parquet(path, index=False)
-    fn = reader[len("cudf."):-1]
+    fn = reader[len("cudf.") : -1]
     named = _named_parameters(getattr(rapids.cudf, fn))
     calls = _record_kwargs(monkeypatch, rapids.cudf, fn)
     entered = []
@@ -741,7 +809,9 @@ def test_dask_kmeans_gets_the_project_keywords_and_they_build_the_worker_model(r
     init = kw.pop("init")
     assert (type(init), init.dtype, init.shape) == (np.ndarray, np.float32, (3, 2))
     np.testing.assert_allclose(init, expected_init, rtol=1e-5, atol=1e-5)
-    assert {k: kw.get(k) for k in ("n_clusters", "n_init", "random_state")} == dict(n_clusters=3, n_init=1, random_state=5)
+    assert {k: kw.get(k) for k in ("n_clusters", "n_init", "random_state")} == dict(
+        n_clusters=3, n_init=1, random_state=5
+    )
     assert "output_type" not in kw
     worker_kwargs = {**dk.kwargs, "random_state": check_random_seed(dk.kwargs.get("random_state"))}
     worker = KMeansMG(handle=None, output_type="cupy", **worker_kwargs)
@@ -944,11 +1014,17 @@ def test_benchmark_machine_record_names_the_installed_rapids_versions(rapids):
 
     v = _versions()
     assert (v.get("cupy"), v.get("cuml"), v.get("cudf")) == (
-        metadata.version("cupy-cuda13x"), metadata.version("cuml-cu13"), metadata.version("cudf-cu13"))
+        metadata.version("cupy-cuda13x"),
+        metadata.version("cuml-cu13"),
+        metadata.version("cudf-cu13"),
+    )
 
 
 def test_reproduction_report_names_the_installed_cuml_version(rapids):
     """The reproduction report's versions line includes the cuML that ran."""
     from mfvc_gpu.reproduce.report import versions
 
-    assert f"cuml-cu13 {metadata.version('cuml-cu13')}" in versions() or f"cuml {metadata.version('cuml-cu13')}" in versions()
+    assert (
+        f"cuml-cu13 {metadata.version('cuml-cu13')}" in versions()
+        or f"cuml {metadata.version('cuml-cu13')}" in versions()
+    )

@@ -13,8 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from mfvc_gpu import MFVC, MFVCError
-from mfvc_gpu import backends
+from mfvc_gpu import MFVC, MFVCError, backends
 from mfvc_gpu.backends import interop
 from mfvc_gpu.backends.rapids import KNN_BUILDS, RapidsBackend, dbscan_params, kmeans_params, umap_params
 from mfvc_gpu.config import ClusterConfig, ManifoldConfig
@@ -24,8 +23,15 @@ from mfvc_gpu.config import ClusterConfig, ManifoldConfig
 
 def test_umap_params_carry_the_paper_defaults_under_cumls_names():
     p = umap_params(ManifoldConfig(metric="euclidean"), n_components=10, seed=7)
-    assert p == dict(n_neighbors=27, min_dist=0.0, n_components=10, metric="euclidean", random_state=7,
-                     build_algo="brute_force_knn", output_type="cupy")
+    assert p == dict(
+        n_neighbors=27,
+        min_dist=0.0,
+        n_components=10,
+        metric="euclidean",
+        random_state=7,
+        build_algo="brute_force_knn",
+        output_type="cupy",
+    )
 
 
 def test_umap_params_follow_the_config_and_the_knn_choice():
@@ -189,14 +195,16 @@ def test_torch_to_cupy_refuses_cpu_tensors():
 
 
 def test_device_to_host_bytes_are_summed_from_a_profiler_trace():
-    trace = {"traceEvents": [
-        {"cat": "gpu_memcpy", "name": "Memcpy DtoH (Device -> Pageable)", "args": {"bytes": 4000}},
-        {"cat": "gpu_memcpy", "name": "Memcpy DtoH (Device -> Pinned)", "args": {"bytes": 1}},
-        {"cat": "gpu_memcpy", "name": "Memcpy HtoD (Pageable -> Device)", "args": {"bytes": 999}},
-        {"cat": "gpu_memcpy", "name": "Memcpy DtoD (Device -> Device)", "args": {"bytes": 77}},
-        {"cat": "gpu_memcpy", "name": "Memcpy DtoH (Device -> Pageable)"},  # size missing
-        {"cat": "kernel", "name": "DtoH_lookalike_kernel", "args": {"bytes": 5}},
-    ]}
+    trace = {
+        "traceEvents": [
+            {"cat": "gpu_memcpy", "name": "Memcpy DtoH (Device -> Pageable)", "args": {"bytes": 4000}},
+            {"cat": "gpu_memcpy", "name": "Memcpy DtoH (Device -> Pinned)", "args": {"bytes": 1}},
+            {"cat": "gpu_memcpy", "name": "Memcpy HtoD (Pageable -> Device)", "args": {"bytes": 999}},
+            {"cat": "gpu_memcpy", "name": "Memcpy DtoD (Device -> Device)", "args": {"bytes": 77}},
+            {"cat": "gpu_memcpy", "name": "Memcpy DtoH (Device -> Pageable)"},  # size missing
+            {"cat": "kernel", "name": "DtoH_lookalike_kernel", "args": {"bytes": 5}},
+        ]
+    }
     assert interop.device_to_host_from_trace(trace) == {"bytes": 4001, "copies": 3, "copies_without_size": 1}
     assert interop.device_to_host_from_trace({}) == {"bytes": 0, "copies": 0, "copies_without_size": 0}
 
@@ -244,7 +252,9 @@ def test_one_training_epoch_on_cuda_with_bf16_autocast():
     seen = []
     first_conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
     first_conv.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
-    hist = train_vae(model, images, TrainConfig(epochs=1, batch_size=16, lr=0.005, amp=True), torch.device("cuda"), 0, progress=False)
+    hist = train_vae(
+        model, images, TrainConfig(epochs=1, batch_size=16, lr=0.005, amp=True), torch.device("cuda"), 0, progress=False
+    )
     assert len(hist) == 1 and np.isfinite(hist[0]["loss"])
     assert torch.bfloat16 in seen  # autocast ran the convolutions in bf16
     assert all(p.dtype == torch.float32 and p.is_cuda for p in model.parameters())  # master weights stay fp32
@@ -259,7 +269,9 @@ def mnist_test_latent(mnist_dir):
 
     ds = load_dataset("mnist", split="test", data_dir=mnist_dir)
     model = BetaVAE(VAEConfig())
-    train_vae(model, ds.images, TrainConfig(epochs=5, batch_size=256, lr=0.005), torch.device("cuda"), 0, progress=False)
+    train_vae(
+        model, ds.images, TrainConfig(epochs=5, batch_size=256, lr=0.005), torch.device("cuda"), 0, progress=False
+    )
     return encode(model, ds.images, torch.device("cuda")), ds.labels
 
 

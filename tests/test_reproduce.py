@@ -17,15 +17,23 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from mfvc_gpu.cli import main
 from mfvc_gpu.reproduce import runner as repro_runner
 from mfvc_gpu.reproduce.report import fmt_mean_std, summarize, variants_markdown
 from mfvc_gpu.reproduce.runner import Runner
 from mfvc_gpu.reproduce.variants import Variant
-from mfvc_gpu.cli import main
 
 BASE = ["--datasets", "digits", "--limit", "200", "--epochs", "1", "--no-progress"]
-TABLE4 = ["reproduce", "--table", "4", *BASE, "--seeds", "2",
-          "--variants", "kmeans-pixels,vae-kmeans,mfvc-dbscan,mfvc-no-simam,mfvc"]
+TABLE4 = [
+    "reproduce",
+    "--table",
+    "4",
+    *BASE,
+    "--seeds",
+    "2",
+    "--variants",
+    "kmeans-pixels,vae-kmeans,mfvc-dbscan,mfvc-no-simam,mfvc",
+]
 
 
 class Calls:
@@ -105,7 +113,12 @@ def test_table4_rows_mean_std_and_one_training_per_network(table4):
     out, rc, c = table4
     assert rc == 0
     # 2 seeds × 2 networks (SimAM for three rows, no attention for one); pixels need none
-    assert sorted((t["attention"], t["seed"]) for t in c.train) == [("none", 0), ("none", 1), ("simam", 0), ("simam", 1)]
+    assert sorted((t["attention"], t["seed"]) for t in c.train) == [
+        ("none", 0),
+        ("none", 1),
+        ("simam", 0),
+        ("simam", 1),
+    ]
     # UMAP: SimAM codes (shared by MFVC and MFVC (DBSCAN)) and no-SimAM codes, per seed
     assert len(c.umap) == 4 and all(u == dict(n_neighbors=27, min_dist=0.0, n_components=10) for u in c.umap)
     rows = _rows((out / "table4.md").read_text())
@@ -132,9 +145,24 @@ def test_mean_std_formatting_and_partial_cells():
     ok = dict(status="ok", acc=0.8, nmi=0.7, purity=0.9, total_s=2.0)
     cell = summarize([ok, None])
     assert cell["state"] == "ok" and cell["ok"] == 1 and cell["acc"] == "0.800"
-    md = variants_markdown("T", dict(command="c", profile="fast", epochs=1, seeds="0–1", device="cpu", backend="cpu",
-                                     hardware="h", wall_s=1.0, compute_s=2.0, computed=1, cached=0),
-                           {"x": [("row", cell, (0.969, 0.926)), ("empty", summarize([None, None]), None)]}, {})
+    md = variants_markdown(
+        "T",
+        dict(
+            command="c",
+            profile="fast",
+            epochs=1,
+            seeds="0–1",
+            device="cpu",
+            backend="cpu",
+            hardware="h",
+            wall_s=1.0,
+            compute_s=2.0,
+            computed=1,
+            cached=0,
+        ),
+        {"x": [("row", cell, (0.969, 0.926)), ("empty", summarize([None, None]), None)]},
+        {},
+    )
     rows = _rows(md)
     assert rows["row"] == ["1/2", "0.800", "0.700", "0.900", "0.969", "0.926", "2.0 s"]
     assert rows["empty"][1] == "not yet measured"
@@ -178,14 +206,24 @@ def test_figures_reuse_the_trained_encoder(table4, calls):
     md = (out / "figure8.md").read_text()
     assert re.search(r"^\| 5 \| \d\.\d{3} \|$", md, re.M) and re.search(r"^\| 0\.5 \| \d\.\d{3} \|$", md, re.M)
     calls.umap.clear()
-    assert main(["reproduce", "--figure", "9", *BASE, "--seeds", "1", "--min-samples-grid", "5,10", "--out", str(out)]) == 0
+    assert (
+        main(["reproduce", "--figure", "9", *BASE, "--seeds", "1", "--min-samples-grid", "5,10", "--out", str(out)])
+        == 0
+    )
     assert calls.train == [] and len(calls.umap) == 1  # only the pixels' embedding is new
     assert re.search(r"^\| 10 \| \d\.\d{3} \| \d\.\d{3} \|$", (out / "figure9.md").read_text(), re.M)
     assert main(["reproduce", "--figure", "5", *BASE, "--out", str(out)]) == 0
     assert main(["reproduce", "--figure", "7", *BASE, "--out", str(out)]) == 0
     assert calls.train == []
-    pngs = ["figure8-n_neighbors.png", "figure8-min_dist.png", "figure9-digits-first200.png", "figure5-digits-first200.png",
-            "figure7-digits-first200-mfvc.png", "figure7-digits-first200-kmeans-pixels.png", "figure7-digits-first200-classes.png"]
+    pngs = [
+        "figure8-n_neighbors.png",
+        "figure8-min_dist.png",
+        "figure9-digits-first200.png",
+        "figure5-digits-first200.png",
+        "figure7-digits-first200-mfvc.png",
+        "figure7-digits-first200-kmeans-pixels.png",
+        "figure7-digits-first200-classes.png",
+    ]
     for name in pngs:
         assert (out / name).read_bytes()[:4] == b"\x89PNG", name
     assert "![MFVC, digits](figure5-digits-first200.png)" in (out / "figure5.md").read_text()
@@ -193,7 +231,18 @@ def test_figures_reuse_the_trained_encoder(table4, calls):
 
 def test_table3_trains_the_n2d_autoencoder_once_per_seed(table4, calls):
     out, _, _ = table4
-    cmd = ["reproduce", "--table", "3", *BASE, "--seeds", "1", "--variants", "n2d,umap-gmm-pixels,mfvc", "--out", str(out)]
+    cmd = [
+        "reproduce",
+        "--table",
+        "3",
+        *BASE,
+        "--seeds",
+        "1",
+        "--variants",
+        "n2d,umap-gmm-pixels,mfvc",
+        "--out",
+        str(out),
+    ]
     assert main(cmd) == 0
     assert calls.n2d == [0] and calls.train == []
     rows = _rows((out / "table3.md").read_text())
@@ -211,8 +260,27 @@ def test_missing_data_sets_are_listed_as_skipped(table4, calls, tmp_path, monkey
     names = ["digits", str(tmp_path / "no-such.npz")]
     if not Path("/usr/share/datasets/emnist").exists():
         names.append("emnist-letters")
-    assert main(["reproduce", "--table", "2", "--datasets", *names, "--limit", "200", "--epochs", "1", "--seeds", "2",
-                 "--no-progress", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "reproduce",
+                "--table",
+                "2",
+                "--datasets",
+                *names,
+                "--limit",
+                "200",
+                "--epochs",
+                "1",
+                "--seeds",
+                "2",
+                "--no-progress",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     md = (out / "table2.md").read_text()
     assert list(_rows(md)) == ["digits"]
     assert re.search(r"^\* data set .*no-such\.npz skipped: unknown data set", md, re.M)
@@ -223,18 +291,38 @@ def test_missing_data_sets_are_listed_as_skipped(table4, calls, tmp_path, monkey
 
 def test_oversized_and_failing_rows_are_reported_not_raised(tmp_path, calls):
     runner = Runner(tmp_path, epochs=1, limit=200, device="cpu", backend="cpu")
-    big = Variant("iso", "Isomap", features="pixels", manifold={"manifold": "isomap"}, max_samples=100, too_large="too many")
+    big = Variant(
+        "iso", "Isomap", features="pixels", manifold={"manifold": "isomap"}, max_samples=100, too_large="too many"
+    )
     rec = runner.result("digits", big, 0)
     assert rec["status"] == "skipped" and rec["reason"] == "200 images: too many"
-    bad = Variant("bad", "bad", features="pixels", manifold={"manifold": "none"}, cluster={"cluster": "dbscan", "eps": -1.0})
+    bad = Variant(
+        "bad", "bad", features="pixels", manifold={"manifold": "none"}, cluster={"cluster": "dbscan", "eps": -1.0}
+    )
     rec = runner.result("digits", bad, 0)
     assert rec["status"] == "error" and "eps=-1.0" in rec["error"]
     assert runner.result("digits", bad, 0)["cached"]  # cached as failed: not computed again ...
     runner.retry_failed = True
     assert not runner.result("digits", bad, 0)["cached"]  # ... unless asked
     cell = summarize([rec])
-    md = variants_markdown("T", dict(command="c", profile="fast", epochs=1, seeds="0", device="cpu", backend="cpu", hardware="h",
-                                     wall_s=1.0, compute_s=0.0, computed=1, cached=0), {"digits": [("bad", cell, None)]}, {})
+    md = variants_markdown(
+        "T",
+        dict(
+            command="c",
+            profile="fast",
+            epochs=1,
+            seeds="0",
+            device="cpu",
+            backend="cpu",
+            hardware="h",
+            wall_s=1.0,
+            compute_s=0.0,
+            computed=1,
+            cached=0,
+        ),
+        {"digits": [("bad", cell, None)]},
+        {},
+    )
     assert _rows(md)["bad"][1] == "failed ¹" and "* ¹ digits, bad: failed: MFVCError: eps=-1.0" in md
 
 
@@ -249,14 +337,21 @@ def test_compute_time_counts_a_shared_network_and_embedding_once():
     from mfvc_gpu.reproduce import compute_seconds
 
     def rec(seed, features, embedding, train, manifold, cluster):
-        return dict(dataset="d", seed=seed, features=features, embedding=embedding,
-                    seconds=dict(train=train, manifold=manifold, cluster=cluster))
+        return dict(
+            dataset="d",
+            seed=seed,
+            features=features,
+            embedding=embedding,
+            seconds=dict(train=train, manifold=manifold, cluster=cluster),
+        )
 
-    recs = [rec(0, "vae", "vae.umap", 100.0, 10.0, 1.0),    # MFVC
-            rec(0, "vae", "vae.umap", 100.0, 10.0, 2.0),    # MFVC (DBSCAN): same network, same embedding
-            rec(0, "vae", None, 100.0, 0.0, 3.0),           # β-VAE + K-Means: same network, no manifold
-            rec(0, "pixels", None, 0.0, 0.0, 4.0),          # K-Means on pixels
-            rec(1, "vae", "vae.umap", 90.0, 9.0, 1.0)]      # another seed trains its own network
+    recs = [
+        rec(0, "vae", "vae.umap", 100.0, 10.0, 1.0),  # MFVC
+        rec(0, "vae", "vae.umap", 100.0, 10.0, 2.0),  # MFVC (DBSCAN): same network, same embedding
+        rec(0, "vae", None, 100.0, 0.0, 3.0),  # β-VAE + K-Means: same network, no manifold
+        rec(0, "pixels", None, 0.0, 0.0, 4.0),  # K-Means on pixels
+        rec(1, "vae", "vae.umap", 90.0, 9.0, 1.0),
+    ]  # another seed trains its own network
     assert compute_seconds(recs) == pytest.approx(100 + 10 + 1 + 2 + 3 + 4 + 90 + 9 + 1)
     assert compute_seconds([dict(dataset="d", seed=0, status="error")]) == 0.0
 
@@ -268,7 +363,9 @@ def test_a_variant_named_for_its_clusterer_uses_it_and_the_rest_take_the_profile
         if "K-Means" in v.label:
             assert v.cluster.get("cluster") == "kmeans", v.name
         if "GMM" in v.label:
-            assert v.cluster == {"cluster": "gmm", "n_init": 2} and v.manifold.get("metric", "euclidean") == "euclidean", v.name
+            assert (
+                v.cluster == {"cluster": "gmm", "n_init": 2} and v.manifold.get("metric", "euclidean") == "euclidean"
+            ), v.name
     assert MFVC.cluster == {} and "metric" not in MFVC.manifold  # MFVC itself: the profile's clustering
 
 
@@ -276,7 +373,10 @@ def test_the_runner_resolves_a_variant_by_the_estimators_rule(tmp_path):
     """A variant without a manifold stage and no clusterer gets K-Means, as the estimator would give it."""
     from mfvc_gpu.reproduce.variants import MFVC, Variant
 
-    fast, paper = Runner(tmp_path, "fast", device="cpu", backend="cpu"), Runner(tmp_path, "paper", device="cpu", backend="cpu")
+    fast, paper = (
+        Runner(tmp_path, "fast", device="cpu", backend="cpu"),
+        Runner(tmp_path, "paper", device="cpu", backend="cpu"),
+    )
     codes_only = Variant("codes", "codes", manifold={"manifold": "none"})
     assert fast.cluster_params(codes_only)["cluster"] == "kmeans"
     assert (fast.manifold_params(MFVC)["metric"], fast.cluster_params(MFVC)["cluster"]) == ("cosine", "gmm")

@@ -33,7 +33,18 @@ def test_every_point_is_a_valid_setting_of_mfvc(search):
 def test_a_search_writes_one_row_per_run_and_resumes_from_the_cache(search, tmp_path, monkeypatch, capsys):
     import mfvc_gpu.reproduce.runner as runner
 
-    args = ["--points", "default,nn=10", "--datasets", "digits", "--seeds", "0", "--limit", "200", "--out", str(tmp_path)]
+    args = [
+        "--points",
+        "default,nn=10",
+        "--datasets",
+        "digits",
+        "--seeds",
+        "0",
+        "--limit",
+        "200",
+        "--out",
+        str(tmp_path),
+    ]
     trained = []
     real = runner.train_vae_features
     monkeypatch.setattr(runner, "train_vae_features", lambda *a, **k: trained.append(1) or real(*a, **k))
@@ -42,7 +53,9 @@ def test_a_search_writes_one_row_per_run_and_resumes_from_the_cache(search, tmp_
     with open(tmp_path / "search" / "search.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert [(r["point"], r["dataset"], r["seed"], r["status"]) for r in rows] == [
-        ("default", "digits", "0", "ok"), ("nn=10", "digits", "0", "ok")]
+        ("default", "digits", "0", "ok"),
+        ("nn=10", "digits", "0", "ok"),
+    ]
     assert [r["n_neighbors"] for r in rows] == ["27", "10"] and {r["epochs"] for r in rows} == {"30"}
     assert rows[0]["train_s"] == rows[1]["train_s"] and float(rows[0]["acc"]) > 0.3
     first = (tmp_path / "search" / "search.csv").read_text()
@@ -54,7 +67,11 @@ def test_a_search_writes_one_row_per_run_and_resumes_from_the_cache(search, tmp_
     assert "1 run(s) of these points are not in the cache yet" in capsys.readouterr().out
     assert search.main([*args, "--report-only", "--confusion"]) == 0
     table = (tmp_path / "search" / "confusion-default-digits-seed0.md").read_text().splitlines()
-    counts = [list(map(int, (c.strip("* ") for c in line.strip("|").split("|")[1:]))) for line in table[3:] if line.startswith("| ")]
+    counts = [
+        list(map(int, (c.strip("* ") for c in line.strip("|").split("|")[1:])))
+        for line in table[3:]
+        if line.startswith("| ")
+    ]
     assert sum(row[-1] for row in counts) == 200 and all(sum(row[:-1]) == row[-1] for row in counts)
 
 

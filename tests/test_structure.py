@@ -33,7 +33,9 @@ def test_only_the_estimator_sets_its_fitted_attributes(writers, digits, tmp_path
     z = np.concatenate([rng.normal(c, 0.2, size=(40, 3)) for c in (0, 3, 6)]).astype(np.float32)
     MFVC(n_clusters=3, n_neighbors=5, random_state=0).fit_features(z).predict(z[:5] + 0.01)
     assert writers.ours().keys() == {"mfvc_gpu.estimator"}
-    assert {"labels_", "embedding_", "latent_", "model_", "seed_", "resolution_"} <= writers.ours()["mfvc_gpu.estimator"]
+    assert {"labels_", "embedding_", "latent_", "model_", "seed_", "resolution_"} <= writers.ours()[
+        "mfvc_gpu.estimator"
+    ]
 
 
 def test_no_module_but_the_estimator_assigns_an_estimators_attribute():
@@ -43,13 +45,26 @@ def test_no_module_but_the_estimator_assigns_an_estimators_attribute():
         if path.name == "estimator.py":
             continue
         for node in ast.walk(ast.parse(path.read_text())):
-            targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(
-                node, (ast.AugAssign, ast.AnnAssign)) else []
+            targets = (
+                node.targets
+                if isinstance(node, ast.Assign)
+                else [node.target]
+                if isinstance(node, (ast.AugAssign, ast.AnnAssign))
+                else []
+            )
             flat = [e for t in targets for e in (t.elts if isinstance(t, ast.Tuple) else [t])]
-            bad += [f"{_name(path)}:{node.lineno}" for t in flat if isinstance(t, ast.Attribute)
-                    and isinstance(t.value, ast.Name) and t.value.id in ("est", "estimator")]
-            if isinstance(node, ast.Call) and getattr(node.func, "id", "") in ("setattr", "delattr") and node.args \
-                    and isinstance(node.args[0], ast.Name) and node.args[0].id in ("est", "estimator"):
+            bad += [
+                f"{_name(path)}:{node.lineno}"
+                for t in flat
+                if isinstance(t, ast.Attribute) and isinstance(t.value, ast.Name) and t.value.id in ("est", "estimator")
+            ]
+            if (
+                isinstance(node, ast.Call)
+                and getattr(node.func, "id", "") in ("setattr", "delattr")
+                and node.args
+                and isinstance(node.args[0], ast.Name)
+                and node.args[0].id in ("est", "estimator")
+            ):
                 bad.append(f"{_name(path)}:{node.lineno}")
     assert bad == []
 
@@ -71,17 +86,26 @@ def test_the_placement_rule_and_the_profile_merge_live_in_the_resolution_step():
     (params.py declares them); everyone else resolves through ``resolution.resolve``."""
     placed = [c for p in SOURCES if p.name != "resolution.py" for c in _calls(p, {"place"})]
     assert placed == []
-    profiles = [_name(p) for p in SOURCES if p.name not in ("resolution.py", "params.py")
-                and any(isinstance(n, ast.Name) and n.id == "PROFILES" and isinstance(n.ctx, ast.Load)
-                        for n in ast.walk(ast.parse(p.read_text())))]
+    profiles = [
+        _name(p)
+        for p in SOURCES
+        if p.name not in ("resolution.py", "params.py")
+        and any(
+            isinstance(n, ast.Name) and n.id == "PROFILES" and isinstance(n.ctx, ast.Load)
+            for n in ast.walk(ast.parse(p.read_text()))
+        )
+    ]
     assert profiles == []
 
 
 def test_a_bare_stage_config_never_means_a_profile():
     from mfvc_gpu.settings import ClusterConfig, ManifoldConfig, TrainConfig
 
-    for cls, needed in ((TrainConfig, {"epochs", "batch_size", "lr"}), (ManifoldConfig, {"metric"}),
-                        (ClusterConfig, {"method"})):
+    for cls, needed in (
+        (TrainConfig, {"epochs", "batch_size", "lr"}),
+        (ManifoldConfig, {"metric"}),
+        (ClusterConfig, {"method"}),
+    ):
         required = {f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING}
         assert required == needed, cls
         with pytest.raises(TypeError, match="missing"):
@@ -115,8 +139,9 @@ def test_every_backend_implements_the_whole_contract():
         for name, declared in members.items():
             impl = getattr(cls, name, None)
             assert callable(impl), f"{cls.__name__} lacks {name}"
-            assert list(inspect.signature(impl).parameters) == list(inspect.signature(declared).parameters), \
+            assert list(inspect.signature(impl).parameters) == list(inspect.signature(declared).parameters), (
                 f"{cls.__name__}.{name}"
+            )
         assert isinstance(cls(), Backend)
 
 
@@ -130,8 +155,9 @@ def test_the_estimator_never_asks_which_backend_it_has():
             if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "isinstance":
                 assert "Backend" not in ast.unparse(node) and "OnHost" not in ast.unparse(node), f"{name}:{node.lineno}"
             if isinstance(node, ast.Call) and getattr(node.func, "id", "") in ("hasattr", "getattr") and node.args:
-                assert "backend" not in ast.unparse(node.args[0]) and ast.unparse(node.args[0]) != "b", \
+                assert "backend" not in ast.unparse(node.args[0]) and ast.unparse(node.args[0]) != "b", (
                     f"{name}:{node.lineno}"
+                )
 
 
 # ---------------------------------------------------------------- typed settings from the table

@@ -98,7 +98,7 @@ def test_parquet_round_trip_is_atomic_and_exact(tmp_path):
 
 def test_a_failed_write_leaves_neither_file_nor_temporary(tmp_path):
     target = tmp_path / "x.parquet"
-    with pytest.raises(Exception):
+    with pytest.raises(Exception):  # noqa: B017 - whatever pyarrow raises for objects it cannot store
         write_parquet(target, {"a": np.array([object(), object()], dtype=object)})
     assert os.listdir(tmp_path) == []
     with pytest.raises(ValueError, match="different lengths"):
@@ -110,7 +110,9 @@ def test_a_failed_write_leaves_neither_file_nor_temporary(tmp_path):
 
 @pytest.mark.parametrize("cuda", [True, False])
 @pytest.mark.parametrize("rapids", [True, False])
-@pytest.mark.parametrize("device, backend", [("auto", "auto"), ("cpu", "auto"), ("auto", "cpu"), ("cuda", "rapids"), ("cuda", "auto")])
+@pytest.mark.parametrize(
+    "device, backend", [("auto", "auto"), ("cpu", "auto"), ("auto", "cpu"), ("cuda", "rapids"), ("cuda", "auto")]
+)
 def test_cudf_is_used_exactly_when_the_stages_run_on_rapids(monkeypatch, cuda, rapids, device, backend):
     monkeypatch.setattr(backends, "cuda_available", lambda: cuda)
     monkeypatch.setattr(backends, "rapids_available", lambda dask=False: rapids)
@@ -127,7 +129,18 @@ def test_cudf_is_used_exactly_when_the_stages_run_on_rapids(monkeypatch, cuda, r
 
 def _cluster(paths, tmp_path, *extra):
     out = tmp_path / "run"
-    argv = ["cluster", "--dataset", str(paths["parquet"]), "--n-clusters", "5", "--device", "cpu", "--out", str(out), *extra]
+    argv = [
+        "cluster",
+        "--dataset",
+        str(paths["parquet"]),
+        "--n-clusters",
+        "5",
+        "--device",
+        "cpu",
+        "--out",
+        str(out),
+        *extra,
+    ]
     return main(argv), out
 
 
@@ -136,7 +149,14 @@ def test_cli_clusters_a_parquet_table_by_columns(table, tmp_path, capsys):
     cols = ",".join(f"f{i}" for i in range(8))
     rc, out = _cluster(paths, tmp_path, "--columns", cols, "--manifold", "none")
     assert rc == 0
-    assert sorted(os.listdir(out)) == ["config.yaml", "embedding.parquet", "embedding.png", "labels.parquet", "metrics.json", "model"]
+    assert sorted(os.listdir(out)) == [
+        "config.yaml",
+        "embedding.parquet",
+        "embedding.png",
+        "labels.parquet",
+        "metrics.json",
+        "model",
+    ]
     m = json.loads((out / "metrics.json").read_text())
     assert m["columns"] == cols.split(",") and m["n_samples"] == len(df) and m["table_engine"] == "pandas"
     assert m["backend"] == "cpu" and "note" not in m
@@ -169,8 +189,21 @@ def test_cli_records_mixed_mode_for_a_table(table, tmp_path, monkeypatch):
     monkeypatch.setattr(backends, "rapids_available", lambda dask=False: False)
     _, paths = table
     out = tmp_path / "mixed"
-    rc = main(["cluster", "--dataset", str(paths["csv"]), "--columns", "f0,f1,f2", "--n-clusters", "5",
-               "--manifold", "none", "--out", str(out)])
+    rc = main(
+        [
+            "cluster",
+            "--dataset",
+            str(paths["csv"]),
+            "--columns",
+            "f0,f1,f2",
+            "--n-clusters",
+            "5",
+            "--manifold",
+            "none",
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 0
     m = json.loads((out / "metrics.json").read_text())
     assert (m["device"], m["backend"], m["table_engine"]) == ("cuda", "cpu", "pandas")

@@ -89,26 +89,63 @@ def test_a_checkpoint_from_other_settings_or_damaged_is_refused(small, tmp_path)
     from mfvc_gpu import MFVCError
 
     ckpt = tmp_path / "ckpt.pt"
-    train_vae(BetaVAE(VAEConfig(latent_dim=4)), small, TrainConfig(epochs=1, batch_size=64, lr=0.005), CPU, seed=3,
-              checkpoint=ckpt, progress=False)
+    train_vae(
+        BetaVAE(VAEConfig(latent_dim=4)),
+        small,
+        TrainConfig(epochs=1, batch_size=64, lr=0.005),
+        CPU,
+        seed=3,
+        checkpoint=ckpt,
+        progress=False,
+    )
     with pytest.raises(MFVCError, match=r"other settings \(.*train.batch_size 64 there, 32 now"):
-        train_vae(BetaVAE(VAEConfig(latent_dim=4)), small, TrainConfig(epochs=2, batch_size=32, lr=0.005), CPU, seed=3,
-                  checkpoint=ckpt, resume=True, progress=False)
+        train_vae(
+            BetaVAE(VAEConfig(latent_dim=4)),
+            small,
+            TrainConfig(epochs=2, batch_size=32, lr=0.005),
+            CPU,
+            seed=3,
+            checkpoint=ckpt,
+            resume=True,
+            progress=False,
+        )
     with pytest.raises(MFVCError, match=r"network.latent_dim 4 there, 6 now"):
-        train_vae(BetaVAE(VAEConfig(latent_dim=6)), small, TrainConfig(epochs=1, batch_size=64, lr=0.005), CPU, seed=3,
-                  checkpoint=ckpt, resume=True, progress=False)
+        train_vae(
+            BetaVAE(VAEConfig(latent_dim=6)),
+            small,
+            TrainConfig(epochs=1, batch_size=64, lr=0.005),
+            CPU,
+            seed=3,
+            checkpoint=ckpt,
+            resume=True,
+            progress=False,
+        )
     ckpt.write_bytes(ckpt.read_bytes()[:1000])  # truncated
     with pytest.raises(MFVCError, match="cannot be read.*damaged"):
-        train_vae(BetaVAE(VAEConfig(latent_dim=4)), small, TrainConfig(epochs=1, batch_size=64, lr=0.005), CPU, seed=3,
-                  checkpoint=ckpt, resume=True, progress=False)
+        train_vae(
+            BetaVAE(VAEConfig(latent_dim=4)),
+            small,
+            TrainConfig(epochs=1, batch_size=64, lr=0.005),
+            CPU,
+            seed=3,
+            checkpoint=ckpt,
+            resume=True,
+            progress=False,
+        )
 
 
 def test_a_diverging_loss_names_the_epoch_and_step(small):
     from mfvc_gpu import MFVCError
 
     with pytest.raises(MFVCError, match=r"at epoch 1, step \d+: training diverged; lower the learning rate"):
-        train_vae(BetaVAE(VAEConfig(latent_dim=4)), small, TrainConfig(epochs=1, batch_size=64, lr=1e12), CPU,
-                  seed=0, progress=False)
+        train_vae(
+            BetaVAE(VAEConfig(latent_dim=4)),
+            small,
+            TrainConfig(epochs=1, batch_size=64, lr=1e12),
+            CPU,
+            seed=0,
+            progress=False,
+        )
 
 
 def test_every_step_has_the_same_batch_shape(small, monkeypatch):
@@ -120,7 +157,14 @@ def test_every_step_has_the_same_batch_shape(small, monkeypatch):
         return orig(self, x)
 
     monkeypatch.setattr(BetaVAE, "forward", record)
-    train_vae(BetaVAE(VAEConfig(latent_dim=4)), small[:200], TrainConfig(epochs=1, batch_size=64, lr=0.005), CPU, seed=0, progress=False)
+    train_vae(
+        BetaVAE(VAEConfig(latent_dim=4)),
+        small[:200],
+        TrainConfig(epochs=1, batch_size=64, lr=0.005),
+        CPU,
+        seed=0,
+        progress=False,
+    )
     assert shapes == [(64, 1, 32, 32)] * 3  # 200 images: 3 full batches, the last 8 dropped
 
 
@@ -133,7 +177,9 @@ def test_compiled_training_gives_the_eager_losses():
     for mode in ("off", "on"):
         torch.manual_seed(0)
         model = BetaVAE(VAEConfig(latent_dim=4))
-        cfg = TrainConfig(epochs=2, batch_size=64, lr=0.005, compile=mode, amp=False)  # float32: the kernels' order alone differs
+        cfg = TrainConfig(
+            epochs=2, batch_size=64, lr=0.005, compile=mode, amp=False
+        )  # float32: the kernels' order alone differs
         runs[mode] = [h["loss"] for h in train_vae(model, x, cfg, CPU, seed=1, progress=False)]
     np.testing.assert_allclose(runs["on"], runs["off"], rtol=1e-3)
 
@@ -168,7 +214,7 @@ def test_bfloat16_training_runs_in_bfloat16_and_follows_the_float32_losses():
         seen = []
         torch.manual_seed(0)
         model = BetaVAE(VAEConfig(latent_dim=4))
-        model.register_forward_hook(lambda m, i, out: seen.append(out[0].dtype))
+        model.register_forward_hook(lambda m, i, out, seen=seen: seen.append(out[0].dtype))
         hist = train_vae(model, x, TrainConfig(epochs=3, batch_size=64, lr=0.005, amp=amp), CPU, seed=1, progress=False)
         runs[amp] = [h["loss"] for h in hist]
         assert set(seen) == {torch.bfloat16 if amp else torch.float32}

@@ -30,8 +30,20 @@ def unlabeled_folder(tmp_path_factory, digits):
 @pytest.fixture(scope="module")
 def auto_run(unlabeled_folder, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "run"
-    rc = main(["cluster", "--dataset", str(unlabeled_folder), "--epochs", "2", "--latent-dim", "8", "--out", str(out),
-               "--no-progress"])
+    rc = main(
+        [
+            "cluster",
+            "--dataset",
+            str(unlabeled_folder),
+            "--epochs",
+            "2",
+            "--latent-dim",
+            "8",
+            "--out",
+            str(out),
+            "--no-progress",
+        ]
+    )
     assert rc == 0
     return out
 
@@ -71,15 +83,37 @@ def test_the_report_is_self_contained(auto_run):
 
 def test_predict_labels_the_training_images_as_the_run_did(auto_run, unlabeled_folder, tmp_path, capsys):
     out, emb = tmp_path / "labels.csv", tmp_path / "emb.npy"
-    assert main(["predict", "--model", str(auto_run / "model"), "--dataset", str(unlabeled_folder), "--out", str(out),
-                 "--embedding", str(emb)]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                "--model",
+                str(auto_run / "model"),
+                "--dataset",
+                str(unlabeled_folder),
+                "--out",
+                str(out),
+                "--embedding",
+                str(emb),
+            ]
+        )
+        == 0
+    )
     assert out.read_text() == (auto_run / "labels.csv").read_text()
     assert np.load(emb).shape[0] == 300
     assert "wrote" in capsys.readouterr().out
-    assert main(["predict", "--model", str(auto_run / "model"), "--dataset", str(unlabeled_folder), "--out", str(out)]) == 2
+    assert (
+        main(["predict", "--model", str(auto_run / "model"), "--dataset", str(unlabeled_folder), "--out", str(out)])
+        == 2
+    )
     assert "--overwrite" in capsys.readouterr().err
     coords = tmp_path / "coords.csv"
-    assert main(["transform", "--model", str(auto_run / "model"), "--dataset", str(unlabeled_folder), "--out", str(coords)]) == 0
+    assert (
+        main(
+            ["transform", "--model", str(auto_run / "model"), "--dataset", str(unlabeled_folder), "--out", str(coords)]
+        )
+        == 0
+    )
     rows = coords.read_text().splitlines()
     assert rows[0].startswith("index,umap_0") and len(rows) == 301
 
@@ -88,10 +122,29 @@ def test_predict_on_labelled_images_prints_the_scores(tmp_path, digits, capsys):
     data = tmp_path / "small.npz"
     np.savez(data, images=digits.images[:300, 0], labels=digits.labels[:300])
     run = tmp_path / "run"
-    assert main(["cluster", "--dataset", str(data), "--epochs", "1", "--latent-dim", "4", "--manifold", "none",
-                 "--out", str(run), "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "cluster",
+                "--dataset",
+                str(data),
+                "--epochs",
+                "1",
+                "--latent-dim",
+                "4",
+                "--manifold",
+                "none",
+                "--out",
+                str(run),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
-    assert main(["predict", "--model", str(run / "model"), "--dataset", str(data), "--out", str(tmp_path / "l.csv")]) == 0
+    assert (
+        main(["predict", "--model", str(run / "model"), "--dataset", str(data), "--out", str(tmp_path / "l.csv")]) == 0
+    )
     printed = capsys.readouterr().out
     acc = json.loads((run / "metrics.json").read_text())["acc"]
     assert f"ACC {acc:.4f}" in printed  # the same images, the same labels, the same score
@@ -107,13 +160,28 @@ def test_the_report_renders_in_a_headless_browser(auto_run, tmp_path):
     from PIL import Image
 
     shot = tmp_path / "report.png"
-    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-           "--disable-background-networking", "--disable-component-update", "--disable-sync",
-           f"--user-data-dir={tmp_path / 'profile'}", "--enable-logging=stderr", "--v=0", "--window-size=1100,1600",
-           f"--screenshot={shot}", (auto_run / "report.html").as_uri()]
+    cmd = [
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "--enable-logging=stderr",
+        "--v=0",
+        "--window-size=1100,1600",
+        f"--screenshot={shot}",
+        (auto_run / "report.html").as_uri(),
+    ]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr[-2000:]
-    console = [line for line in r.stderr.splitlines() if "CONSOLE" in line or "Refused to" in line or "net::ERR" in line]
+    console = [
+        line for line in r.stderr.splitlines() if "CONSOLE" in line or "Refused to" in line or "net::ERR" in line
+    ]
     assert console == []
     pixels = np.asarray(Image.open(shot).convert("L"), dtype=np.float32)
     assert pixels.shape == (1600, 1100) and pixels.std() > 10  # text, figures and galleries, not a blank page

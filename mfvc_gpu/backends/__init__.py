@@ -68,8 +68,14 @@ def check_device(device: str) -> None:
         raise MFVCError(f"device={device!r} is not one of auto, cpu, cuda, cuda:N")
 
 
-def place(device: str = "auto", backend: str = "auto", *, cuda: bool | None = None, rapids: bool | None = None,
-            dask: bool = False) -> Placement:
+def place(
+    device: str = "auto",
+    backend: str = "auto",
+    *,
+    cuda: bool | None = None,
+    rapids: bool | None = None,
+    dask: bool = False,
+) -> Placement:
     """Resolve ``device`` (auto|cpu|cuda|cuda:N) and ``backend`` (auto|cpu|rapids).
 
     ``cuda`` / ``rapids``: whether a CUDA GPU and cuML are there; None probes this process.
@@ -83,7 +89,9 @@ def place(device: str = "auto", backend: str = "auto", *, cuda: bool | None = No
     if device == "auto":
         device = "cuda" if cuda else "cpu"
     elif device.startswith("cuda") and not cuda:
-        raise MFVCError(f"device={device!r} but torch sees no CUDA GPU; use --device cpu or install a CUDA build of PyTorch")
+        raise MFVCError(
+            f"device={device!r} but torch sees no CUDA GPU; use --device cpu or install a CUDA build of PyTorch"
+        )
     on_gpu = device.startswith("cuda")
     if backend == "cpu" or (backend == "auto" and not on_gpu):
         return Placement(device, "cpu")
@@ -165,5 +173,15 @@ def get_backend(name: str) -> Backend:
     raise MFVCError(f"unknown backend {name!r}")
 
 
-__all__ = ["BACKENDS", "Backend", "Placement", "place", "check_device", "get_backend", "rapids_available", "rapids_problem",
-           "cuda_available", "RAPIDS_HINT"]
+__all__ = [
+    "BACKENDS",
+    "Backend",
+    "Placement",
+    "place",
+    "check_device",
+    "get_backend",
+    "rapids_available",
+    "rapids_problem",
+    "cuda_available",
+    "RAPIDS_HINT",
+]

@@ -80,7 +80,9 @@ class CPUBackend:
             from sklearn.mixture import GaussianMixture
 
             model = GaussianMixture(n_components=n_clusters, n_init=cfg.n_init, random_state=seed)
-            u = np.asarray(u, dtype=np.float64)  # EM's covariances: float32 loses their positive definiteness on tight clumps
+            u = np.asarray(
+                u, dtype=np.float64
+            )  # EM's covariances: float32 loses their positive definiteness on tight clumps
         elif cfg.method == "dbscan":
             from sklearn.cluster import DBSCAN
 
@@ -92,8 +94,10 @@ class CPUBackend:
         except ValueError as exc:
             if cfg.method != "gmm":
                 raise
-            raise MFVCError(f"the Gaussian mixture could not be fitted to the {len(u)} embedded points: {str(exc).split('.')[0]}; "
-                            "use cluster='kmeans' (--cluster kmeans), or fewer clusters") from exc
+            raise MFVCError(
+                f"the Gaussian mixture could not be fitted to the {len(u)} embedded points: {str(exc).split('.')[0]}; "
+                "use cluster='kmeans' (--cluster kmeans), or fewer clusters"
+            ) from exc
         return model, np.asarray(labels, dtype=np.int64)
 
     def kmeans_from_centres(self, centres, seed: int):

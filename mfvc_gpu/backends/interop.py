@@ -14,9 +14,10 @@ from __future__ import annotations
 import json
 import logging
 import tempfile
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -24,6 +25,7 @@ from ..errors import MFVCError
 from ..optional import RAPIDS_HINT, require
 
 log = logging.getLogger(__name__)
+
 
 def import_cupy():
     """Import CuPy, or raise :class:`MFVCError` saying how to get it."""
@@ -84,8 +86,12 @@ def to_cupy_float32(x) -> tuple[Any, dict]:
     device (counted in ``host_to_device_bytes``).
     """
     cupy = import_cupy()
-    info: dict = {"source": type(x).__module__.split(".")[0] + "." + type(x).__name__, "host_to_device_bytes": 0,
-                  "device_copy": False, "input_ptr": None}
+    info: dict = {
+        "source": type(x).__module__.split(".")[0] + "." + type(x).__name__,
+        "host_to_device_bytes": 0,
+        "device_copy": False,
+        "input_ptr": None,
+    }
     if hasattr(x, "data_ptr"):  # a torch tensor
         info["input_ptr"] = int(x.data_ptr())
         info["source"] = f"torch.{x.device.type}"
@@ -156,6 +162,13 @@ def trace_device_to_host(result: dict) -> Iterator[dict]:
 
 
 __all__ = [
-    "import_cupy", "is_cupy", "is_cudf", "data_pointer", "as_float_contiguous", "torch_to_cupy", "to_cupy_float32",
-    "device_to_host_from_trace", "trace_device_to_host",
+    "import_cupy",
+    "is_cupy",
+    "is_cudf",
+    "data_pointer",
+    "as_float_contiguous",
+    "torch_to_cupy",
+    "to_cupy_float32",
+    "device_to_host_from_trace",
+    "trace_device_to_host",
 ]

@@ -25,13 +25,14 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 
 from ..errors import MFVCError
-from ..settings import ClusterConfig, ManifoldConfig
 from ..optional import RAPIDS_HINT, require
+from ..settings import ClusterConfig, ManifoldConfig
 from . import interop
 
 log = logging.getLogger(__name__)
@@ -50,8 +51,10 @@ def umap_params(cfg: ManifoldConfig, n_components: int, seed: int) -> dict:
     if cfg.knn not in KNN_BUILDS:
         raise MFVCError(f"knn={cfg.knn!r} is not one of {', '.join(KNN_BUILDS)}")
     if cfg.knn == "nn-descent" and cfg.metric not in NN_DESCENT_METRICS:
-        raise MFVCError(f"metric={cfg.metric!r} with knn='nn-descent': cuML's nn-descent supports only "
-                        f"{', '.join(NN_DESCENT_METRICS)}; use knn='brute' or one of those metrics")
+        raise MFVCError(
+            f"metric={cfg.metric!r} with knn='nn-descent': cuML's nn-descent supports only "
+            f"{', '.join(NN_DESCENT_METRICS)}; use knn='brute' or one of those metrics"
+        )
     return dict(
         n_neighbors=int(cfg.n_neighbors),
         min_dist=float(cfg.min_dist),
@@ -92,13 +95,17 @@ def share_gpu_memory(mode: str) -> None:
     rmm_torch = require("rmm.allocators.torch", "gpu_memory='rmm'", RAPIDS_HINT)
     rmm_cupy = require("rmm.allocators.cupy", "gpu_memory='rmm'", RAPIDS_HINT)
     if rmm_torch.rmm_torch_allocator is None:
-        raise MFVCError("gpu_memory='rmm' needs a CUDA GPU (RMM builds its PyTorch allocator only where torch sees one); "
-                        "use gpu_memory='release'")
+        raise MFVCError(
+            "gpu_memory='rmm' needs a CUDA GPU (RMM builds its PyTorch allocator only where torch sees one); "
+            "use gpu_memory='release'"
+        )
     try:
         torch.cuda.memory.change_current_allocator(rmm_torch.rmm_torch_allocator)
     except RuntimeError as exc:
-        raise MFVCError(f"gpu_memory='rmm': PyTorch has already allocated GPU memory in this process ({exc}); "
-                        "choose it before any CUDA work, or use gpu_memory='release'") from exc
+        raise MFVCError(
+            f"gpu_memory='rmm': PyTorch has already allocated GPU memory in this process ({exc}); "
+            "choose it before any CUDA work, or use gpu_memory='release'"
+        ) from exc
     interop.import_cupy().cuda.set_allocator(rmm_cupy.rmm_cupy_allocator)
     _RMM_FOR_TORCH = True
 
@@ -219,7 +226,9 @@ class RapidsBackend:
         if cupti is not None:
             self.last_handoff["cupti_device_to_host"] = cupti
         if on_torch and not self.last_handoff["same_pointer"]:
-            log.warning("the latent tensor was not contiguous float32 (%s): it was copied once on the device", info["source"])
+            log.warning(
+                "the latent tensor was not contiguous float32 (%s): it was copied once on the device", info["source"]
+            )
         return arr
 
     def all_finite(self, x) -> bool:
@@ -262,7 +271,9 @@ class RapidsBackend:
         if isinstance(model, OnHost):
             from .cpu import CPUBackend
 
-            return self._to_device(CPUBackend().transform_manifold(model.model, self._to_host(x, "isomap transform on the CPU")))
+            return self._to_device(
+                CPUBackend().transform_manifold(model.model, self._to_host(x, "isomap transform on the CPU"))
+            )
         cupy = interop.import_cupy()
         with self._device():
             return cupy.ascontiguousarray(model.transform(x), dtype=cupy.float32)
@@ -291,8 +302,11 @@ class RapidsBackend:
         cupy = interop.import_cupy()
         c = cupy.ascontiguousarray(cupy.asarray(centres, dtype=cupy.float32))
         with self._device():
-            return import_cuml().KMeans(n_clusters=len(c), init=c, n_init=1, max_iter=1, random_state=seed,
-                                        output_type="cupy").fit(c)
+            return (
+                import_cuml()
+                .KMeans(n_clusters=len(c), init=c, n_init=1, max_iter=1, random_state=seed, output_type="cupy")
+                .fit(c)
+            )
 
     def predict_cluster(self, model, u):
         if isinstance(model, OnHost):
@@ -312,8 +326,9 @@ class RapidsBackend:
         if isinstance(model, OnHost):
             return CPUBackend().cluster_state(model.model)
         if hasattr(model, "cluster_centers_"):
-            return {"kmeans_centres": np.asarray(self._to_host(model.cluster_centers_, "K-Means centres"),
-                                                 dtype=np.float32)}
+            return {
+                "kmeans_centres": np.asarray(self._to_host(model.cluster_centers_, "K-Means centres"), dtype=np.float32)
+            }
         return {}
 
     def cluster_from_state(self, state: dict[str, np.ndarray], seed: int):
@@ -346,7 +361,9 @@ class RapidsBackend:
         """Run a stage cuML lacks on the CPU: copy in, fit there, copy the result back to the device."""
         from .cpu import CPUBackend
 
-        log.warning("%s has no cuML implementation: the %s stage runs on the CPU (copies to host and back)", method, stage)
+        log.warning(
+            "%s has no cuML implementation: the %s stage runs on the CPU (copies to host and back)", method, stage
+        )
         self.last_handoff["cpu_fallback"] = [*self.last_handoff.get("cpu_fallback", []), method]
         model, out = run(CPUBackend(), self._to_host(x, f"{method} on the CPU"))
         return OnHost(model), self._to_device(out)

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
-
 
 STAGES = ("load", "train", "train_step", "encode", "handoff", "umap", "kmeans", "metrics", "end_to_end")
 N_CLUSTERS = 10
@@ -81,8 +81,14 @@ def probe_gpu(device: str = "auto") -> GpuSupport:
     cupy_note = f"unavailable: {cupy_problem} ({RAPIDS_HINT})" if cupy_problem else ""
     if placement.backend == "rapids":
         return GpuSupport(placement.device, True, cupy=True)
-    return GpuSupport(placement.device, False, "", f"unavailable: {rapids_problem()} ({RAPIDS_HINT})",
-                      cupy=cupy_problem is None, cupy_note=cupy_note)
+    return GpuSupport(
+        placement.device,
+        False,
+        "",
+        f"unavailable: {rapids_problem()} ({RAPIDS_HINT})",
+        cupy=cupy_problem is None,
+        cupy_note=cupy_note,
+    )
 
 
 @dataclass
@@ -106,7 +112,9 @@ class Settings:
     train_step_steps: int = 20  # optimiser steps per turn
 
 
-def synthetic_blobs(n: int, d: int, k: int = N_CLUSTERS, spread: float = 3.0, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def synthetic_blobs(
+    n: int, d: int, k: int = N_CLUSTERS, spread: float = 3.0, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """``n`` points in ``d`` dimensions around ``k`` random centres (unit noise): float32, labels."""
     rng = np.random.default_rng(seed)
     centres = rng.normal(0.0, spread, (k, d)).astype(np.float32)

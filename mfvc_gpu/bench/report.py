@@ -25,17 +25,57 @@ import subprocess
 import sys
 from importlib import metadata
 from pathlib import Path
+
 from mfvc_gpu.fileio import write_bytes
 
 COLUMNS = [
-    "stage", "backend", "device", "library", "variant", "baseline", "dataset", "n_samples", "n_features", "rep",
-    "seconds", "status", "images_per_s", "acc", "nmi", "trustworthiness", "knn_build", "zero_copy",
-    "peak_rss_mb", "gpu_max_alloc_mb", "gpu_used_mb", "warmup_s", "note",
+    "stage",
+    "backend",
+    "device",
+    "library",
+    "variant",
+    "baseline",
+    "dataset",
+    "n_samples",
+    "n_features",
+    "rep",
+    "seconds",
+    "status",
+    "images_per_s",
+    "acc",
+    "nmi",
+    "trustworthiness",
+    "knn_build",
+    "zero_copy",
+    "peak_rss_mb",
+    "gpu_max_alloc_mb",
+    "gpu_used_mb",
+    "warmup_s",
+    "note",
 ]
 GROUP = ("stage", "dataset", "n_samples", "n_features", "backend", "device", "library", "variant", "baseline")
 QUALITY = ("acc", "nmi", "trustworthiness")
-PACKAGES = ("mfvc_gpu", "torch", "numpy", "scipy", "scikit-learn", "umap-learn", "pynndescent", "numba", "matplotlib",
-            "tqdm", "cupy-cuda13x", "cupy-cuda12x", "cupy", "cuml-cu13", "cuml-cu12", "cuml", "cudf-cu13", "cudf-cu12", "cudf")
+PACKAGES = (
+    "mfvc_gpu",
+    "torch",
+    "numpy",
+    "scipy",
+    "scikit-learn",
+    "umap-learn",
+    "pynndescent",
+    "numba",
+    "matplotlib",
+    "tqdm",
+    "cupy-cuda13x",
+    "cupy-cuda12x",
+    "cupy",
+    "cuml-cu13",
+    "cuml-cu12",
+    "cuml",
+    "cudf-cu13",
+    "cudf-cu12",
+    "cudf",
+)
 
 
 def write_atomic(path: Path, data: str | bytes) -> Path:
@@ -84,8 +124,11 @@ def summarize(rows: list[dict]) -> list[dict]:
         rec["zero_copy"] = next((r.get("zero_copy") for r in ok if r.get("zero_copy") is not None), None)
         rec["speed_up"] = rec["vs_default"] = None
         out.append(rec)
-    cpu_default = {(g["stage"], g["dataset"], g["n_samples"]): g["median_s"] for g in out
-                   if g["backend"] == "cpu" and g["baseline"] and g["status"] == "ok" and g["median_s"]}
+    cpu_default = {
+        (g["stage"], g["dataset"], g["n_samples"]): g["median_s"]
+        for g in out
+        if g["backend"] == "cpu" and g["baseline"] and g["status"] == "ok" and g["median_s"]
+    }
     for g in out:
         base = cpu_default.get((g["stage"], g["dataset"], g["n_samples"]))
         if base is None or g["status"] != "ok" or not g["median_s"]:
@@ -117,8 +160,11 @@ def _quality(g: dict) -> str:
 
 
 def markdown_table(summary: list[dict]) -> str:
-    head = ("| stage | data | n | d | backend | setting | median s | min s | reps | images/s | quality | GPU speed-up | vs CPU default |\n"
-            "|---|---|---:|---:|---|---|---:|---:|---:|---:|---|---:|---:|\n")
+    head = (
+        "| stage | data | n | d | backend | setting | median s | min s | reps | images/s | quality | GPU "
+        "speed-up | vs CPU default |\n"
+        "|---|---|---:|---:|---|---|---:|---:|---:|---:|---|---:|---:|\n"
+    )
     lines = []
     for g in summary:
         median = _fmt_s(g["median_s"]) if g["status"] == "ok" else g["status"]
@@ -127,8 +173,10 @@ def markdown_table(summary: list[dict]) -> str:
         vs = f"{g['vs_default']:.2f}×" if g.get("vs_default") else "—"
         backend = g["backend"] if g["device"] in ("cpu", "cuda") else f"{g['backend']} ({g['device']})"
         setting = g["variant"] + ("" if g["baseline"] else " *")
-        lines.append(f"| {g['stage']} | {g['dataset']} | {g['n_samples']} | {g['n_features']} | {backend} | {setting} | "
-                     f"{median} | {_fmt_s(g['min_s'])} | {g['reps']} | {ips} | {_quality(g)} | {speed} | {vs} |")
+        lines.append(
+            f"| {g['stage']} | {g['dataset']} | {g['n_samples']} | {g['n_features']} | {backend} | {setting} | "
+            f"{median} | {_fmt_s(g['min_s'])} | {g['reps']} | {ips} | {_quality(g)} | {speed} | {vs} |"
+        )
     return head + "\n".join(lines) + "\n"
 
 
@@ -137,20 +185,27 @@ def markdown(summary: list[dict], machine: dict, command: str, protocol: str, ra
     gpus = ", ".join(f"{g['name']} (driver {m.get('driver') or '?'})" for g in m.get("gpus", [])) or "none"
     v = m.get("versions", {})
     libs = ", ".join(f"{k} {v[k]}" for k in ("torch", "umap-learn", "scikit-learn", "cuml", "cupy") if v.get(k))
-    notes = sorted({f"{g['stage']} {g['backend']}: {g['note']}" for g in summary if g["status"] not in ("ok",) and g["note"]})
+    notes = sorted(
+        {f"{g['stage']} {g['backend']}: {g['note']}" for g in summary if g["status"] not in ("ok",) and g["note"]}
+    )
     text = [
-        "# mfvc-gpu bench", "",
+        "# mfvc-gpu bench",
+        "",
         f"Command: `{command}`  ",
         f"Machine: {m.get('cpu_model')} ({m.get('cpu_count')} cores, {m.get('memory_gib')} GiB); GPU: {gpus}  ",
         f"Libraries: {libs}  ",
-        f"Protocol: {protocol}", "",
+        f"Protocol: {protocol}",
+        "",
         markdown_table(summary),
         "GPU speed-up = median of the CPU default / median of the GPU row, shown only where both ran. "
         "Settings marked * are not the pipeline's default; 'vs CPU default' > 1 means faster than the default.",
     ]
     if ratio_lines:
-        text += ["", "Training step, variants alternating in this run (median images/s, ratio to eager):",
-                 *[f"- {line}" for line in ratio_lines]]
+        text += [
+            "",
+            "Training step, variants alternating in this run (median images/s, ratio to eager):",
+            *[f"- {line}" for line in ratio_lines],
+        ]
     if notes:
         text += ["", "Not run:", *[f"- {n}" for n in notes]]
     return "\n".join(text) + "\n"
@@ -178,10 +233,22 @@ def plot(summary: list[dict], path: Path) -> Path:
             g = next((g for g in here if g["backend"] == backend and g["n_samples"] == n), None)
             x = i + (j - 0.5) * 0.38
             if g is not None:
-                ax1.bar(x, g["median_s"], width=0.36, color=colours[backend], label=None if backend in seen else backend)
+                ax1.bar(
+                    x, g["median_s"], width=0.36, color=colours[backend], label=None if backend in seen else backend
+                )
                 seen.add(backend)
             elif any(h["stage"] == stage and h["backend"] == backend for h in summary):  # a row that did not run
-                ax1.text(x, 0.5, f"{backend}: n/a", rotation=90, ha="center", va="bottom", fontsize=7, color="grey", transform=ax1.get_xaxis_transform())
+                ax1.text(
+                    x,
+                    0.5,
+                    f"{backend}: n/a",
+                    rotation=90,
+                    ha="center",
+                    va="bottom",
+                    fontsize=7,
+                    color="grey",
+                    transform=ax1.get_xaxis_transform(),
+                )
     ax1.set_xlim(-0.6, len(stages) - 0.4)
     ax1.set_xticks(range(len(stages)))
     ax1.set_xticklabels(labels, fontsize=8)
@@ -196,7 +263,9 @@ def plot(summary: list[dict], path: Path) -> Path:
             series.setdefault(f"{g['stage']} {g['backend']} {g['variant']}", []).append((g["n_samples"], g["median_s"]))
     for name, pts in sorted(series.items()):
         pts.sort()
-        ax2.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", linestyle="-" if len(pts) > 1 else "none", label=name)
+        ax2.plot(
+            [p[0] for p in pts], [p[1] for p in pts], marker="o", linestyle="-" if len(pts) > 1 else "none", label=name
+        )
     ax2.set_xscale("log")
     ax2.set_yscale("log")
     fmt = FuncFormatter(lambda v, _pos: f"{v:g}")
@@ -254,7 +323,9 @@ def _driver() -> str | None:
     if exe is None:
         return None
     try:
-        res = subprocess.run([exe, "--query-gpu=driver_version", "--format=csv,noheader"], capture_output=True, text=True, timeout=20)
+        res = subprocess.run(
+            [exe, "--query-gpu=driver_version", "--format=csv,noheader"], capture_output=True, text=True, timeout=20
+        )
         return res.stdout.strip().splitlines()[0] if res.returncode == 0 and res.stdout.strip() else None
     except (OSError, subprocess.SubprocessError):
         return None
@@ -268,13 +339,24 @@ def machine_info() -> dict:
     if torch.cuda.is_available():
         for i in range(torch.cuda.device_count()):
             p = torch.cuda.get_device_properties(i)
-            gpus.append(dict(name=p.name, memory_gib=round(p.total_memory / 2**30, 1), capability=f"{p.major}.{p.minor}"))
+            gpus.append(
+                dict(name=p.name, memory_gib=round(p.total_memory / 2**30, 1), capability=f"{p.major}.{p.minor}")
+            )
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return dict(
-        cpu_model=cpu_model(), cpu_count=os.cpu_count(), cpu_usable=usable, memory_gib=memory_gib(),
-        platform=platform.platform(), torch_threads=torch.get_num_threads(),
-        threads_env={k: os.environ[k] for k in ("OMP_NUM_THREADS", "NUMBA_NUM_THREADS", "MKL_NUM_THREADS") if k in os.environ},
-        gpus=gpus, driver=_driver() if gpus else None, torch_cuda=torch.version.cuda, versions=_versions(),
+        cpu_model=cpu_model(),
+        cpu_count=os.cpu_count(),
+        cpu_usable=usable,
+        memory_gib=memory_gib(),
+        platform=platform.platform(),
+        torch_threads=torch.get_num_threads(),
+        threads_env={
+            k: os.environ[k] for k in ("OMP_NUM_THREADS", "NUMBA_NUM_THREADS", "MKL_NUM_THREADS") if k in os.environ
+        },
+        gpus=gpus,
+        driver=_driver() if gpus else None,
+        torch_cuda=torch.version.cuda,
+        versions=_versions(),
     )
 
 
@@ -282,4 +364,14 @@ def write_json(obj: dict, path: Path) -> Path:
     return write_atomic(path, json.dumps(obj, indent=2, default=str) + "\n")
 
 
-__all__ = ["COLUMNS", "write_csv", "summarize", "markdown", "markdown_table", "plot", "machine_info", "write_json", "write_atomic"]
+__all__ = [
+    "COLUMNS",
+    "write_csv",
+    "summarize",
+    "markdown",
+    "markdown_table",
+    "plot",
+    "machine_info",
+    "write_json",
+    "write_atomic",
+]

@@ -19,9 +19,10 @@ import resource
 import statistics
 import sys
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any
 
 Clock = Callable[[], float]
 
@@ -163,14 +164,28 @@ def torch_threads(n: int | None) -> Iterator[None]:
 
 
 def _row(case, rep=None, **values) -> dict:
-    row = dict(stage=case.stage, backend=case.backend, device=case.device, library=case.library, variant=case.variant,
-               baseline=case.baseline, dataset=case.dataset, n_samples=case.n_samples, n_features=case.n_features,
-               rep=rep, seconds=None, status=case.status, note=case.note)
+    row = dict(
+        stage=case.stage,
+        backend=case.backend,
+        device=case.device,
+        library=case.library,
+        variant=case.variant,
+        baseline=case.baseline,
+        dataset=case.dataset,
+        n_samples=case.n_samples,
+        n_features=case.n_features,
+        rep=rep,
+        seconds=None,
+        status=case.status,
+        note=case.note,
+    )
     row.update(values)
     return row
 
 
-def run_cases(cases, *, repeats: int = 3, warmup: int = 1, clock: Clock = time.perf_counter, progress: bool = True) -> list[dict]:
+def run_cases(
+    cases, *, repeats: int = 3, warmup: int = 1, clock: Clock = time.perf_counter, progress: bool = True
+) -> list[dict]:
     """Time every case: one row per timed call (``rep`` 1..repeats), or one row when it did not run.
 
     The first case of each setting (stage, backend, device, library, variant, code path) gets
@@ -192,13 +207,30 @@ def run_cases(cases, *, repeats: int = 3, warmup: int = 1, clock: Clock = time.p
                 case.prepare()
             on_gpu = str(case.device).startswith("cuda")
             with torch_threads(case.threads):
-                m = measure(case.run, repeats=repeats, warmup=0 if case.key in warmed else warmup, setup=case.setup,
-                            sync=device_sync(case.device), clock=clock, gpu=GpuMemory(case.device) if on_gpu else None)
+                m = measure(
+                    case.run,
+                    repeats=repeats,
+                    warmup=0 if case.key in warmed else warmup,
+                    setup=case.setup,
+                    sync=device_sync(case.device),
+                    clock=clock,
+                    gpu=GpuMemory(case.device) if on_gpu else None,
+                )
             warmed.add(case.key)
             for i, seconds in enumerate(m.seconds):
                 extra = case.score(m.results[i], seconds) if case.score is not None else {}
-                rows.append(_row(case, i + 1, seconds=seconds, peak_rss_mb=m.peak_rss_mb[i], gpu_max_alloc_mb=m.gpu_max_alloc_mb[i],
-                                 gpu_used_mb=m.gpu_used_mb[i], warmup_s=sum(m.warmup_seconds) or None, **extra))
+                rows.append(
+                    _row(
+                        case,
+                        i + 1,
+                        seconds=seconds,
+                        peak_rss_mb=m.peak_rss_mb[i],
+                        gpu_max_alloc_mb=m.gpu_max_alloc_mb[i],
+                        gpu_used_mb=m.gpu_used_mb[i],
+                        warmup_s=sum(m.warmup_seconds) or None,
+                        **extra,
+                    )
+                )
             bar.set_postfix(median=f"{m.median:.3g}s")
         except Exception as exc:  # one broken case must not lose the others' timings
             rows.append(_row(case, status="error", note=f"{type(exc).__name__}: {exc}"))

@@ -1,14 +1,13 @@
 """The ``train_step`` stage: the training loop's own step, variant against variant, alternating.
 
-Eager against ``torch.compile`` (with CUDA graphs on a GPU), bfloat16 autocast against float32,
-channels_last against contiguous, and the loop as it was, at each batch size: every variant gets its own model and optimiser, is warmed up once (the
-compile happens there; its seconds are recorded as ``warmup_s``), then the variants take turns,
-``steps`` optimiser steps each, for ``rounds`` rounds, the order rotating each round. On a
-noisy machine (another process on the cores) every variant is slowed alike, so the ratios,
-taken in one run, hold where absolute seconds would not.
-
-One row per (variant, batch size, round): seconds for the steps, images/s, the process's peak
-RSS (a high-water mark over the whole run) and, on a GPU, the peak allocated memory of that round.
+Eager against ``torch.compile`` (with CUDA graphs on a GPU), bfloat16 autocast against float32, channels_last
+against contiguous, and the ``eager, synced`` step (a host read of the loss every step), at each batch size:
+every variant gets its own model and optimiser, is warmed up once (the compile happens there; its seconds are
+recorded as ``warmup_s``), then the variants take turns, ``steps`` optimiser steps each, for ``rounds``
+rounds, the order rotating each round. On a noisy machine (another process on the cores) every variant is
+slowed alike, so the ratios, taken in one run, hold where absolute seconds would not. One row per (variant,
+batch size, round): seconds for the steps, images/s, the process's peak RSS (a high-water mark over the whole
+run) and, on a GPU, the peak allocated memory of that round.
 """
 
 from __future__ import annotations
@@ -31,7 +30,9 @@ VARIANTS = {
 BASELINES = ("eager", "eager, synced")  # the ratios are taken against today's default and the old loop
 
 
-def _stepper(x_all: np.ndarray, device, batch: int, compile_mode: str, channels_last: bool, synced: bool, amp, seed: int):
+def _stepper(
+    x_all: np.ndarray, device, batch: int, compile_mode: str, channels_last: bool, synced: bool, amp, seed: int
+):
     """A fresh model, optimiser and step function; returns ``run(steps)``, timing nothing itself."""
     import torch
 
@@ -76,8 +77,17 @@ def _stepper(x_all: np.ndarray, device, batch: int, compile_mode: str, channels_
     return run
 
 
-def race(x: np.ndarray, device: str, batch_sizes, *, rounds: int = 5, steps: int = 20, seed: int = 0,
-         variants=tuple(VARIANTS), dataset: str = "images") -> list[dict]:
+def race(
+    x: np.ndarray,
+    device: str,
+    batch_sizes,
+    *,
+    rounds: int = 5,
+    steps: int = 20,
+    seed: int = 0,
+    variants=tuple(VARIANTS),
+    dataset: str = "images",
+) -> list[dict]:
     """Rows for the bench (``stage="train_step"``): see the module docstring."""
     import torch
 
@@ -96,7 +106,7 @@ def race(x: np.ndarray, device: str, batch_sizes, *, rounds: int = 5, steps: int
             sync()
             warm[name] = time.perf_counter() - t0
         for r in range(rounds):
-            order = list(variants[r % len(variants):]) + list(variants[: r % len(variants)])
+            order = list(variants[r % len(variants) :]) + list(variants[: r % len(variants)])
             for name in order:
                 gpu = GpuMemory(device) if backend == "gpu" else None
                 if gpu is not None:
@@ -107,12 +117,28 @@ def race(x: np.ndarray, device: str, batch_sizes, *, rounds: int = 5, steps: int
                 sync()
                 seconds = time.perf_counter() - t0
                 alloc, used = gpu.read() if gpu is not None else (None, None)
-                rows.append(dict(
-                    stage="train_step", backend=backend, device=device, library="torch", variant=f"{name} b={batch}",
-                    baseline=name == variants[0], dataset=dataset, n_samples=steps * batch, n_features=int(np.prod(x.shape[1:])),
-                    rep=r + 1, seconds=seconds, status="ok", note=f"{steps} steps of batch {batch}; warm-up (compile) {warm[name]:.1f} s",
-                    images_per_s=steps * batch / seconds, peak_rss_mb=peak_rss_mb(), gpu_max_alloc_mb=alloc, gpu_used_mb=used,
-                    warmup_s=warm[name]))
+                rows.append(
+                    dict(
+                        stage="train_step",
+                        backend=backend,
+                        device=device,
+                        library="torch",
+                        variant=f"{name} b={batch}",
+                        baseline=name == variants[0],
+                        dataset=dataset,
+                        n_samples=steps * batch,
+                        n_features=int(np.prod(x.shape[1:])),
+                        rep=r + 1,
+                        seconds=seconds,
+                        status="ok",
+                        note=f"{steps} steps of batch {batch}; warm-up (compile) {warm[name]:.1f} s",
+                        images_per_s=steps * batch / seconds,
+                        peak_rss_mb=peak_rss_mb(),
+                        gpu_max_alloc_mb=alloc,
+                        gpu_used_mb=used,
+                        warmup_s=warm[name],
+                    )
+                )
     return rows
 
 
@@ -128,8 +154,11 @@ def ratios(rows: list[dict]) -> list[str]:
     med = {k: statistics.median(v) for k, v in med.items()}
     lines = []
     for (device, batch, name), v in sorted(med.items()):
-        against = [f"{v / med[(device, batch, b)]:.2f}× {b} ({med[(device, batch, b)]:.0f})"
-                   for b in BASELINES if b != name and (device, batch, b) in med]
+        against = [
+            f"{v / med[(device, batch, b)]:.2f}× {b} ({med[(device, batch, b)]:.0f})"
+            for b in BASELINES
+            if b != name and (device, batch, b) in med
+        ]
         if against:
             lines.append(f"train_step {device} batch {batch}: {name} {v:.0f} images/s = " + ", ".join(against))
     return lines

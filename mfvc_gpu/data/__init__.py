@@ -13,6 +13,17 @@ def verify_dataset(name: str, data_dir=None) -> list[str]:
 
 
 __all__ = [
-    "REGISTRY", "Dataset", "DatasetSpec", "cache_dir", "dataset_status", "fetch", "load_dataset", "locate",
-    "search_dirs", "to_images", "unit_float", "verify_dataset", "verify_file",
+    "REGISTRY",
+    "Dataset",
+    "DatasetSpec",
+    "cache_dir",
+    "dataset_status",
+    "fetch",
+    "load_dataset",
+    "locate",
+    "search_dirs",
+    "to_images",
+    "unit_float",
+    "verify_dataset",
+    "verify_file",
 ]

@@ -49,8 +49,10 @@ def check_fits(n_bytes: int, what: str) -> None:
     (rather than the out-of-memory killer ending the process with nothing said)."""
     free = available_memory()
     if free is not None and n_bytes > free:
-        raise MFVCError(f"{what} needs {n_bytes / 2**30:.1f} GiB but only {free / 2**30:.1f} GiB of memory is "
-                        "available; use fewer images (a subset) or a machine with more memory")
+        raise MFVCError(
+            f"{what} needs {n_bytes / 2**30:.1f} GiB but only {free / 2**30:.1f} GiB of memory is "
+            "available; use fewer images (a subset) or a machine with more memory"
+        )
 
 
 def white_of(x: np.ndarray, pixel_max: float | None, source: str) -> float:
@@ -67,11 +69,15 @@ def white_of(x: np.ndarray, pixel_max: float | None, source: str) -> float:
         lo, hi = float(x.min()), float(x.max())
         if lo >= 0.0 and hi <= 1.0:
             return 1.0
-        raise MFVCError(f"{source}: float pixel values span [{lo:g}, {hi:g}], not [0, 1]; scale them to [0, 1], "
-                        f"or name the value of white with --pixel-max (pixel_max=), e.g. {hi:g}")
+        raise MFVCError(
+            f"{source}: float pixel values span [{lo:g}, {hi:g}], not [0, 1]; scale them to [0, 1], "
+            f"or name the value of white with --pixel-max (pixel_max=), e.g. {hi:g}"
+        )
     lo, hi = (int(x.min()), int(x.max())) if x.size else (0, 0)
-    raise MFVCError(f"{source}: pixels of type {x.dtype} (values {lo}..{hi}) have no known white; convert them to "
-                    f"uint8, or name the value of white with --pixel-max (pixel_max=), e.g. {hi}")
+    raise MFVCError(
+        f"{source}: pixels of type {x.dtype} (values {lo}..{hi}) have no known white; convert them to "
+        f"uint8, or name the value of white with --pixel-max (pixel_max=), e.g. {hi}"
+    )
 
 
 def to_images(x: np.ndarray, size: int = 32, source: str = "images", pixel_max: float | None = None) -> np.ndarray:
@@ -91,18 +97,24 @@ def to_images(x: np.ndarray, size: int = 32, source: str = "images", pixel_max: 
     if x.ndim == 3:
         x = x[:, None]
     if x.ndim != 4 or x.shape[0] == 0:
-        raise MFVCError(f"{source}: expected a non-empty stack of images (N, H, W) or (N, C, H, W), got shape {x.shape}")
+        raise MFVCError(
+            f"{source}: expected a non-empty stack of images (N, H, W) or (N, C, H, W), got shape {x.shape}"
+        )
     if x.dtype == object or x.dtype.kind not in "biuf":
         raise MFVCError(f"{source}: pixels of type {x.dtype} are not numbers")
     white = white_of(x, pixel_max, source)
     lo, hi = float(x.min()), float(x.max())
     if lo < 0 or hi > white:
-        raise MFVCError(f"{source}: pixel values span [{lo:g}, {hi:g}], outside [0, {white:g}] (white = {white:g}); "
-                        "check the input or set --pixel-max to the value of white")
+        raise MFVCError(
+            f"{source}: pixel values span [{lo:g}, {hi:g}], outside [0, {white:g}] (white = {white:g}); "
+            "check the input or set --pixel-max to the value of white"
+        )
     if x.dtype == np.uint8 and x.shape[1:] == (1, size, size) and white == 255.0:
         return np.ascontiguousarray(x)
-    check_fits(len(x) * size * size + CHUNK * max(int(np.prod(x.shape[1:])), size * size) * 4,
-               f"{source}: {len(x)} images at {size}×{size}")
+    check_fits(
+        len(x) * size * size + CHUNK * max(int(np.prod(x.shape[1:])), size * size) * 4,
+        f"{source}: {len(x)} images at {size}×{size}",
+    )
     out = np.empty((len(x), 1, size, size), dtype=np.uint8)
     for i in range(0, len(x), CHUNK):
         c = x[i : i + CHUNK].astype(np.float32)
@@ -137,12 +149,22 @@ def not_found_message(spec: DatasetSpec, data_dir=None) -> str:
 def verify_file(path: Path, spec: DatasetSpec) -> str | None:
     """Check a file against its published checksum: None when it matches or none is known, else the problem."""
     if matches_checksum(path, spec) is False:
-        return f"{path} does not match the published checksum of {path.name}; it is damaged or another file — fetch it again"
+        return (
+            f"{path} does not match the published checksum of {path.name}; it is damaged or another file — "
+            "fetch it again"
+        )
     return None
 
 
-def load_dataset(name: str, split: str | None = None, data_dir=None, size: int = 32, verify: bool = True,
-                 pixel_max: float | None = None, bad_images: str = "error") -> Dataset:
+def load_dataset(
+    name: str,
+    split: str | None = None,
+    data_dir=None,
+    size: int = 32,
+    verify: bool = True,
+    pixel_max: float | None = None,
+    bad_images: str = "error",
+) -> Dataset:
     """Load a named data set or a user path (``.npz``, ``.npy``, a folder of images).
 
     Parameters
@@ -169,8 +191,13 @@ def load_dataset(name: str, split: str | None = None, data_dir=None, size: int =
         from sklearn.datasets import load_digits
 
         d = load_digits()  # 17 grey levels, 0 (black) to 16 (white)
-        return Dataset(spec.name, to_images(d.images, size, spec.name, pixel_max=16.0), d.target.astype(np.int64),
-                       spec.n_classes, "scikit-learn")
+        return Dataset(
+            spec.name,
+            to_images(d.images, size, spec.name, pixel_max=16.0),
+            d.target.astype(np.int64),
+            spec.n_classes,
+            "scikit-learn",
+        )
     if split not in spec.splits:
         raise MFVCError(f"data set '{spec.name}' has no split '{split}'; choose one of {', '.join(spec.splits)}")
     paths = locate(spec, split, data_dir)
@@ -234,4 +261,13 @@ def dataset_status(data_dir=None) -> list[dict]:
     return rows
 
 
-__all__ = ["Dataset", "load_dataset", "to_images", "unit_float", "white_of", "dataset_status", "verify_file", "cache_dir"]
+__all__ = [
+    "Dataset",
+    "load_dataset",
+    "to_images",
+    "unit_float",
+    "white_of",
+    "dataset_status",
+    "verify_file",
+    "cache_dir",
+]

@@ -111,7 +111,10 @@ def _pickle_refused(exc: Exception) -> bool:
 def _check_images(path: Path, x: np.ndarray, what: str) -> None:
     """Refuse arrays that are not a non-empty numeric stack of images, with the reason."""
     if x.dtype.kind not in "biuf":
-        raise MFVCError(f"{path}: {what} has type {x.dtype}, not numbers; save the pixels as a numeric array (uint8, uint16 or float)")
+        raise MFVCError(
+            f"{path}: {what} has type {x.dtype}, not numbers; save the pixels as a numeric array (uint8, uint16 "
+            "or float)"
+        )
     if x.ndim not in (3, 4):
         raise MFVCError(f"{path}: {what} has shape {x.shape}; expected (N, H, W) or (N, C, H, W)")
     if x.size == 0:
@@ -127,16 +130,26 @@ def check_labels(path: Path | str, y: np.ndarray, n: int) -> np.ndarray:
     if y.dtype.kind == "f":
         bad = np.flatnonzero(~np.isfinite(y) | (y != np.round(y)))
         if len(bad):
-            raise MFVCError(f"{path}: 'labels' holds {float(y[bad[0]]):g} at index {bad[0]}; class labels must be whole numbers 0, 1, 2, ...")
+            raise MFVCError(
+                f"{path}: 'labels' holds {float(y[bad[0]]):g} at index {bad[0]}; class labels must be whole "
+                "numbers 0, 1, 2, ..."
+            )
         if len(y) and (np.abs(y).max() >= 2**62):
-            raise MFVCError(f"{path}: 'labels' holds {np.abs(y).max():g}, out of range for class labels; number the classes 0, 1, 2, ...")
+            raise MFVCError(
+                f"{path}: 'labels' holds {np.abs(y).max():g}, out of range for class labels; number the classes "
+                "0, 1, 2, ..."
+            )
     if y.dtype.kind == "u" and y.dtype.itemsize == 8 and len(y) and y.max() >= 2**63:
-        raise MFVCError(f"{path}: 'labels' holds {int(y.max())}, out of range for class labels; number the classes 0, 1, 2, ...")
+        raise MFVCError(
+            f"{path}: 'labels' holds {int(y.max())}, out of range for class labels; number the classes 0, 1, 2, ..."
+        )
     y = y.astype(np.int64)
     neg = np.flatnonzero(y < 0)
     if len(neg):
-        raise MFVCError(f"{path}: 'labels' holds {int(y[neg[0]])} at index {int(neg[0])} ({len(neg)} negative in all); "
-                        "class labels must be 0, 1, 2, ... (drop 'labels' to cluster without scores)")
+        raise MFVCError(
+            f"{path}: 'labels' holds {int(y[neg[0]])} at index {int(neg[0])} ({len(neg)} negative in all); "
+            "class labels must be 0, 1, 2, ... (drop 'labels' to cluster without scores)"
+        )
     return y
 
 
@@ -157,17 +170,23 @@ def read_npz(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
                     arrays[name] = np.asarray(f[name])
                 except ValueError as exc:
                     if _pickle_refused(exc):
-                        raise MFVCError(f"{path}: '{name}' is an array of Python objects (stored as a pickle); refused "
-                                        "without unpickling: save a numeric array, e.g. np.stack(list_of_images)") from exc
+                        raise MFVCError(
+                            f"{path}: '{name}' is an array of Python objects (stored as a pickle); refused "
+                            "without unpickling: save a numeric array, e.g. np.stack(list_of_images)"
+                        ) from exc
                     raise
     except MFVCError:
         raise
     except Exception as exc:  # OSError, ValueError, BadZipFile, EOFError, zlib.error: a damaged or foreign file
         if _pickle_refused(exc):
-            raise MFVCError(f"{path} is not a readable .npz file: it holds a pickle, refused without unpickling; "
-                            "save arrays with np.savez") from exc
+            raise MFVCError(
+                f"{path} is not a readable .npz file: it holds a pickle, refused without unpickling; "
+                "save arrays with np.savez"
+            ) from exc
         reason = (str(exc).splitlines() or [type(exc).__name__])[0]
-        raise MFVCError(f"{path} is not a readable .npz file ({reason}); check the file or save it again with np.savez") from exc
+        raise MFVCError(
+            f"{path} is not a readable .npz file ({reason}); check the file or save it again with np.savez"
+        ) from exc
     x, y = arrays["images"], arrays.get("labels")
     _check_images(path, x, "'images'")
     if y is not None:
@@ -181,10 +200,14 @@ def read_npy(path: Path) -> tuple[np.ndarray, None]:
         x = np.load(path, allow_pickle=False)
     except Exception as exc:  # OSError, ValueError (a pickle), EOFError: a damaged or foreign file
         if _pickle_refused(exc):
-            raise MFVCError(f"{path}: the file holds Python objects (a pickle); refused without unpickling: "
-                            "save a numeric array with np.save") from exc
+            raise MFVCError(
+                f"{path}: the file holds Python objects (a pickle); refused without unpickling: "
+                "save a numeric array with np.save"
+            ) from exc
         reason = (str(exc).splitlines() or [type(exc).__name__])[0]
-        raise MFVCError(f"{path} is not a readable .npy file ({reason}); check the file or save it again with np.save") from exc
+        raise MFVCError(
+            f"{path} is not a readable .npy file ({reason}); check the file or save it again with np.save"
+        ) from exc
     if not isinstance(x, np.ndarray):
         raise MFVCError(f"{path} is an .npz archive, not a .npy file; name it .npz")
     if x.size == 0:
@@ -249,11 +272,17 @@ def read_image_folder(root: Path, bad_images: str = "error") -> tuple[np.ndarray
         raise MFVCError(f"bad_images={bad_images!r} is invalid: must be one of error, skip")
     root = Path(root)
     try:
-        files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and not _hidden(p, root) and p.is_file())
+        files = sorted(
+            p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and not _hidden(p, root) and p.is_file()
+        )
     except OSError as exc:
-        raise MFVCError(f"cannot list the images in {root}: {exc.strerror or exc}; check the folder and its permissions") from exc
+        raise MFVCError(
+            f"cannot list the images in {root}: {exc.strerror or exc}; check the folder and its permissions"
+        ) from exc
     if not files:
-        raise MFVCError(f"{root} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))}); point --dataset at a folder of images")
+        raise MFVCError(
+            f"{root} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))}); point --dataset at a folder of images"
+        )
     with_class = all(p.parent != root for p in files)
     good: list[Path] = []
     images: list[np.ndarray] = []
@@ -265,8 +294,10 @@ def read_image_folder(root: Path, bad_images: str = "error") -> tuple[np.ndarray
         except Exception as exc:  # noqa: BLE001 - OSError, SyntaxError, ValueError, DecompressionBombError, ...
             reason = (str(exc).splitlines() or [type(exc).__name__])[0]
             if bad_images == "error":
-                raise MFVCError(f"{p} is not a readable image ({reason}); remove or replace it, or pass --bad-images skip "
-                                "to leave unreadable files out") from exc
+                raise MFVCError(
+                    f"{p} is not a readable image ({reason}); remove or replace it, or pass --bad-images skip "
+                    "to leave unreadable files out"
+                ) from exc
             bad.append((p, reason))
             continue
         good.append(p)
@@ -278,14 +309,26 @@ def read_image_folder(root: Path, bad_images: str = "error") -> tuple[np.ndarray
     for p, a in zip(good, images):
         sizes.setdefault(a.shape, []).append(p)
     if len(sizes) > 1:
-        raise MFVCError(f"{root}: the images have {len(sizes)} different sizes: {_size_summary(sizes, root)}; "
-                        "resize them to one size first")
+        raise MFVCError(
+            f"{root}: the images have {len(sizes)} different sizes: {_size_summary(sizes, root)}; "
+            "resize them to one size first"
+        )
     if bad:  # said once the folder is known to be usable: a failing run prints only its error
-        log.warning("left out %d of %d image files in %s that cannot be read (bad_images=skip), e.g. %s: %s",
-                    len(bad), len(files), root, bad[0][0].relative_to(root), bad[0][1])
+        log.warning(
+            "left out %d of %d image files in %s that cannot be read (bad_images=skip), e.g. %s: %s",
+            len(bad),
+            len(files),
+            root,
+            bad[0][0].relative_to(root),
+            bad[0][1],
+        )
     if n_alpha:
-        log.warning("%d of %d images in %s have an alpha channel: transparent pixels are taken as black",
-                    n_alpha, len(images), root)
+        log.warning(
+            "%d of %d images in %s have an alpha channel: transparent pixels are taken as black",
+            n_alpha,
+            len(images),
+            root,
+        )
     if any(a.dtype == np.uint16 for a in images):  # 8-bit files among 16-bit ones: the same white
         images = [a if a.dtype == np.uint16 else a.astype(np.uint16) * 257 for a in images]
     classes = sorted({p.relative_to(root).parts[0] for p in good}) if with_class else []

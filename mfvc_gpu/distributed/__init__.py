@@ -27,8 +27,61 @@ surfaces as :class:`MFVCError` naming the stage and the worker; a stage that out
 from __future__ import annotations
 
 from .connect import connect, disconnect
-from .orchestrate import fit_distributed
 from .runner import run_on_partitions
 from .tasks import StageFailed, on_worker
+
+
+def fit_distributed(
+    est,
+    X,
+    cluster="local",
+    n_workers: int | None = None,
+    *,
+    model=None,
+    sample_size: int = 20_000,
+    partition_rows: int | None = None,
+    batch_size: int = 1024,
+    timeout: float = 900.0,
+):
+    """Fit the :class:`~mfvc_gpu.MFVC` estimator ``est`` on images ``X``, every stage after training on Dask;
+    the same as ``est.fit_distributed(X, ...)``. Returns ``est``.
+
+    Parameters
+    ----------
+    est : MFVC
+        Its settings are used as by ``est.fit``; K-Means only, with UMAP or no manifold stage.
+    cluster : "local", "local-cuda", a scheduler address, or a ``dask.distributed.Client``
+        Where to run (see :func:`connect`). A cluster started here is closed at the end.
+    n_workers : int or None
+        Workers to start (local clusters) or to wait for (an address).
+    model : BetaVAE or None
+        Trained weights (from ``python -m mfvc_gpu.distributed.ddp``, say); None trains in the client process
+        first. With ``encoder="none"`` the pixels are clustered.
+    sample_size : int
+        Rows UMAP is fitted on, on one worker; they keep the fit's coordinates and every other row
+        is transformed. A larger sample gives an embedding closer to a fit on everything, at more
+        time and memory on that one worker; with ``sample_size >= len(X)`` nothing is transformed.
+    partition_rows : int or None
+        Rows per partition (default: two partitions per worker, at most 65 536 rows). Smaller
+        partitions bound each worker's memory and balance the load, at more scheduling overhead.
+    batch_size : int
+        Images per forward pass inside a partition.
+    timeout : float
+        Seconds any one stage may take before :class:`MFVCError` is raised.
+
+    Sets the fitted attributes ``est.fit`` sets, plus ``distributed_``: the workers, how many tasks
+    of each stage each worker ran, seconds per stage, and each worker's peak memory.
+    """
+    return est.fit_distributed(
+        X,
+        cluster,
+        n_workers,
+        model=model,
+        sample_size=sample_size,
+        partition_rows=partition_rows,
+        batch_size=batch_size,
+        timeout=timeout,
+    )
+
 
 __all__ = ["connect", "disconnect", "fit_distributed", "run_on_partitions", "on_worker", "StageFailed"]

@@ -31,7 +31,10 @@ def connect(cluster: str = "local", n_workers: int | None = None, *, timeout: fl
         w = n_workers or (os.cpu_count() or 1)
         share = str(cores_per_process(w))  # each worker's torch / OpenMP / numba threads: its share of the cores
         lc = distributed.LocalCluster(
-            n_workers=w, threads_per_worker=1, processes=True, dashboard_address=None,
+            n_workers=w,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
             env={"NUMBA_NUM_THREADS": share, "OMP_NUM_THREADS": share, "MFVC_THREADS": share},
         )
     elif cluster == "local-cuda":
@@ -39,18 +42,24 @@ def connect(cluster: str = "local", n_workers: int | None = None, *, timeout: fl
         try:
             lc = LocalCUDACluster(n_workers=n_workers, threads_per_worker=1)
         except Exception as exc:  # noqa: BLE001 - NVML and CUDA errors have no common base class
-            raise MFVCError(f"--dask-cluster local-cuda could not start ({type(exc).__name__}: {exc}); it needs NVIDIA "
-                            f"GPUs with a driver; use --dask-cluster local on CPUs, or {RAPIDS_HINT}") from exc
+            raise MFVCError(
+                f"--dask-cluster local-cuda could not start ({type(exc).__name__}: {exc}); it needs NVIDIA "
+                f"GPUs with a driver; use --dask-cluster local on CPUs, or {RAPIDS_HINT}"
+            ) from exc
     else:
         if ":" not in cluster:
-            raise MFVCError(f"cluster={cluster!r} is not 'local', 'local-cuda' or a scheduler address such as tcp://HOST:8786")
+            raise MFVCError(
+                f"cluster={cluster!r} is not 'local', 'local-cuda' or a scheduler address such as tcp://HOST:8786"
+            )
         try:
             client = distributed.Client(cluster, timeout=timeout)
             if n_workers:
                 client.wait_for_workers(n_workers, timeout=timeout)
         except (OSError, TimeoutError) as exc:
-            raise MFVCError(f"cannot use the Dask scheduler at {cluster} ({exc}); start it with 'dask scheduler' and its "
-                            f"workers with 'dask worker {cluster}' (or 'dask cuda worker {cluster}' on GPU machines)") from exc
+            raise MFVCError(
+                f"cannot use the Dask scheduler at {cluster} ({exc}); start it with 'dask scheduler' and its "
+                f"workers with 'dask worker {cluster}' (or 'dask cuda worker {cluster}' on GPU machines)"
+            ) from exc
         client._mfvc_owned = None
         return client
     client = distributed.Client(lc, timeout=timeout)
@@ -64,8 +73,6 @@ def disconnect(client) -> None:
     client.close()
     if owned is not None:
         owned.close()
-
-
 
 
 __all__ = ["connect", "disconnect", "import_distributed"]

@@ -78,7 +78,11 @@ def given_settings(args: argparse.Namespace) -> dict:
     """The network and training settings given as flags (``profile`` included), by their names in the table."""
     from ..params import PARAMS
 
-    return {p.name: getattr(args, p.name) for p in PARAMS if p.name in TRAINING_FLAGS and getattr(args, p.name, None) is not None}
+    return {
+        p.name: getattr(args, p.name)
+        for p in PARAMS
+        if p.name in TRAINING_FLAGS and getattr(args, p.name, None) is not None
+    }
 
 
 def train_ddp(args: argparse.Namespace) -> dict | None:
@@ -111,11 +115,21 @@ def train_ddp(args: argparse.Namespace) -> dict | None:
         net.to(device, memory_format=torch.channels_last)
         model = _DDP(net, device_ids=[local_rank] if cuda else None)
         log.info("rank %d/%d: %d images on %s, %d epochs", rank, world, len(share), device, cfg.epochs)
-        history = train_vae(model, share, cfg, device, args.seed + rank, None, False, progress=rank == 0 and not args.no_progress)
+        history = train_vae(
+            model, share, cfg, device, args.seed + rank, None, False, progress=rank == 0 and not args.no_progress
+        )
         ranks = [None] * world
-        dist.all_gather_object(ranks, {"rank": rank, "images": int(len(share)), "device": str(device),
-                                       "torch_threads": torch.get_num_threads(),
-                                       "param_checksum": _checksum(net), "first_index": int(shard_indices(len(images), rank, world, args.seed)[0])})
+        dist.all_gather_object(
+            ranks,
+            {
+                "rank": rank,
+                "images": int(len(share)),
+                "device": str(device),
+                "torch_threads": torch.get_num_threads(),
+                "param_checksum": _checksum(net),
+                "first_index": int(shard_indices(len(images), rank, world, args.seed)[0]),
+            },
+        )
         if rank != 0:
             return None
         out = make_dirs(args.out)
@@ -123,8 +137,14 @@ def train_ddp(args: argparse.Namespace) -> dict | None:
             torch.save(net.state_dict(), tmp)
         write_json(out / "vae.json", asdict(net.cfg))
         write_json(out / "history.json", history)
-        record = {"world_size": world, "backend": backend, "dataset": ds.name, "n_images": int(len(images)),
-                  "train": asdict(cfg), "ranks": ranks}
+        record = {
+            "world_size": world,
+            "backend": backend,
+            "dataset": ds.name,
+            "n_images": int(len(images)),
+            "train": asdict(cfg),
+            "ranks": ranks,
+        }
         write_json(out / "ranks.json", record)
         return record
     finally:
@@ -137,16 +157,21 @@ def load_weights(folder: str | os.PathLike, device: str = "cpu"):
 
     folder = Path(folder)
     if not (folder / "weights.pt").exists() or not (folder / "vae.json").exists():
-        raise MFVCError(f"{folder} has no weights.pt and vae.json; train with 'torchrun ... -m mfvc_gpu.distributed.ddp --out {folder}'")
+        raise MFVCError(
+            f"{folder} has no weights.pt and vae.json; train with 'torchrun ... -m mfvc_gpu.distributed.ddp "
+            f"--out {folder}'"
+        )
     model = BetaVAE(VAEConfig(**json.loads((folder / "vae.json").read_text())))
     model.load_state_dict(torch.load(folder / "weights.pt", map_location=device, weights_only=True))
     return model.to(device).eval()
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="torchrun --nproc-per-node N -m mfvc_gpu.distributed.ddp",
-                                description="Train the MFVC β-VAE with DistributedDataParallel (one process per GPU). "
-                                            "--batch-size is per process: one step sees WORLD × batch-size images.")
+    p = argparse.ArgumentParser(
+        prog="torchrun --nproc-per-node N -m mfvc_gpu.distributed.ddp",
+        description="Train the MFVC β-VAE with DistributedDataParallel (one process per GPU). "
+        "--batch-size is per process: one step sees WORLD × batch-size images.",
+    )
     p.add_argument("--dataset", default="mnist", help="a registry name or a path, as for 'mfvc-gpu cluster'")
     p.add_argument("--data-dir")
     p.add_argument("--split")

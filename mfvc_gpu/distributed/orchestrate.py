@@ -1,4 +1,5 @@
-"""``fit_distributed``: every stage after training on Dask workers (see :mod:`mfvc_gpu.distributed`)."""
+"""The Dask path of ``MFVC.fit_distributed``: every stage after training on Dask workers (see
+:mod:`mfvc_gpu.distributed`)."""
 
 from __future__ import annotations
 
@@ -22,41 +23,6 @@ log = logging.getLogger(__name__)
 
 
 TRANSFORM_BATCH = 4096  # rows per umap-learn transform call on a CPU worker
-
-
-def fit_distributed(est, X, cluster="local", n_workers: int | None = None, *, model=None, sample_size: int = 20_000,
-                    partition_rows: int | None = None, batch_size: int = 1024, timeout: float = 900.0):
-    """Fit the :class:`~mfvc_gpu.MFVC` estimator ``est`` on images ``X``, every stage after training on Dask;
-    the same as ``est.fit_distributed(X, ...)``. Returns ``est``.
-
-    Parameters
-    ----------
-    est : MFVC
-        Its settings are used as by ``est.fit``; K-Means only, with UMAP or no manifold stage.
-    cluster : "local", "local-cuda", a scheduler address, or a ``dask.distributed.Client``
-        Where to run (see :func:`connect`). A cluster started here is closed at the end.
-    n_workers : int or None
-        Workers to start (local clusters) or to wait for (an address).
-    model : BetaVAE or None
-        Trained weights (from ``python -m mfvc_gpu.distributed.ddp``, say); None trains in the client process
-        first. With ``encoder="none"`` the pixels are clustered.
-    sample_size : int
-        Rows UMAP is fitted on, on one worker; they keep the fit's coordinates and every other row
-        is transformed. A larger sample gives an embedding closer to a fit on everything, at more
-        time and memory on that one worker; with ``sample_size >= len(X)`` nothing is transformed.
-    partition_rows : int or None
-        Rows per partition (default: two partitions per worker, at most 65 536 rows). Smaller
-        partitions bound each worker's memory and balance the load, at more scheduling overhead.
-    batch_size : int
-        Images per forward pass inside a partition.
-    timeout : float
-        Seconds any one stage may take before :class:`MFVCError` is raised.
-
-    Sets the fitted attributes ``est.fit`` sets, plus ``distributed_``: the workers, how many tasks
-    of each stage each worker ran, seconds per stage, and each worker's peak memory.
-    """
-    return est.fit_distributed(X, cluster, n_workers, model=model, sample_size=sample_size,
-                               partition_rows=partition_rows, batch_size=batch_size, timeout=timeout)
 
 
 @dataclass
@@ -83,7 +49,9 @@ class DaskJob:
     def check(params: dict, sample_size, partition_rows, model) -> None:
         """The Dask arguments, refused before any cluster starts."""
         if not isinstance(sample_size, int) or sample_size <= params["n_neighbors"]:
-            raise MFVCError(f"sample_size={sample_size!r} must be an integer above n_neighbors ({params['n_neighbors']})")
+            raise MFVCError(
+                f"sample_size={sample_size!r} must be an integer above n_neighbors ({params['n_neighbors']})"
+            )
         if partition_rows is not None and (not isinstance(partition_rows, int) or partition_rows < 1):
             raise MFVCError(f"partition_rows={partition_rows!r} must be a positive integer")
         if model is not None and params["encoder"] != "vae":
@@ -98,7 +66,9 @@ class DaskJob:
     def __enter__(self) -> DaskJob:
         import_distributed()
         t0 = time.perf_counter()
-        self.client = connect(self.cluster, self.n_workers, timeout=min(self.timeout, 120.0)) if self.owned else self.cluster
+        self.client = (
+            connect(self.cluster, self.n_workers, timeout=min(self.timeout, 120.0)) if self.owned else self.cluster
+        )
         self.connect_seconds = time.perf_counter() - t0
         self.run_stage = StageRunner(self.client, self.timeout)
         return self
@@ -107,8 +77,9 @@ class DaskJob:
         if self.owned:
             disconnect(self.client)
 
-    def run(self, res, images: np.ndarray, model, sample_size: int, partition_rows: int | None,
-            batch_size: int) -> DaskResult:
+    def run(
+        self, res, images: np.ndarray, model, sample_size: int, partition_rows: int | None, batch_size: int
+    ) -> DaskResult:
         """Scatter, encode, UMAP (fit on a sample, transform the rest), K-Means, gather."""
         self.res, self.images, self.timings = res, images, {}
         if not self.gpu:
@@ -143,32 +114,42 @@ class DaskJob:
         return DaskResult(
             latent=np.ascontiguousarray(z_host, dtype=np.float32),
             embedding=np.ascontiguousarray(u_host, dtype=np.float32),
-            labels=np.asarray(labels, dtype=np.int64), manifold_model=manifold_model, cluster_model=cluster_model,
+            labels=np.asarray(labels, dtype=np.int64),
+            manifold_model=manifold_model,
+            cluster_model=cluster_model,
             device=self.device,
-            timings=self.timings, handoff=self.handoff_record(),
+            timings=self.timings,
+            handoff=self.handoff_record(),
             note=f"Dask: {w} workers ({self.cluster_name}), {'cuML' if self.gpu else 'umap-learn + dask-ml'}",
-            record=self.record({
-                "partitions": len(self.bounds),
-                "partition_rows": rows,
-                "encode_partitions_per_worker": {a: sum(a in who.get(f.key, ()) for f in enc_futs) for a in self.workers},
-                "umap_sample": m if umap else None,
-                "umap_fit_worker": fit_worker,
-                "kmeans_init": f"scikit-learn KMeans (n_init={res.cluster.n_init}) on the {m}-row sample",
-                "stages": self.run_stage.stages,
-                "peak_memory": memory,
-                "client_peak_memory": tasks.peak_memory(),
-            }))
+            record=self.record(
+                {
+                    "partitions": len(self.bounds),
+                    "partition_rows": rows,
+                    "encode_partitions_per_worker": {
+                        a: sum(a in who.get(f.key, ()) for f in enc_futs) for a in self.workers
+                    },
+                    "umap_sample": m if umap else None,
+                    "umap_fit_worker": fit_worker,
+                    "kmeans_init": f"scikit-learn KMeans (n_init={res.cluster.n_init}) on the {m}-row sample",
+                    "stages": self.run_stage.stages,
+                    "peak_memory": memory,
+                    "client_peak_memory": tasks.peak_memory(),
+                }
+            ),
+        )
 
     # ------------------------------------------------------------------ stages
     def probe(self) -> tuple[bool, bool]:
         """Which workers there are: (every worker has a CUDA GPU, every worker has cuML too)."""
         client = self.client
-        self.workers_info, probe = self.run_stage("probe", lambda: (client.scheduler_info(n_workers=-1)["workers"],
-                                                                    client.run(tasks.probe)))
+        self.workers_info, probe = self.run_stage(
+            "probe", lambda: (client.scheduler_info(n_workers=-1)["workers"], client.run(tasks.probe))
+        )
         self.workers = sorted(self.workers_info)
         if not self.workers:
-            raise MFVCError(f"the Dask cluster at {client.scheduler.address} has no workers; start some with "
-                            "'dask worker ADDRESS'")
+            raise MFVCError(
+                f"the Dask cluster at {client.scheduler.address} has no workers; start some with 'dask worker ADDRESS'"
+            )
         self.probe_ = probe
         gpus = bool(probe) and all(p["cuda"] for p in probe.values())
         return gpus, gpus and all(p["rapids"] for p in probe.values())
@@ -186,9 +167,15 @@ class DaskJob:
         client, w = self.client, len(self.workers)
         weights = None
         if model is not None:
-            payload = {"config": asdict(model.cfg), "state": {k: v.detach().cpu() for k, v in model.state_dict().items()}}
+            payload = {
+                "config": asdict(model.cfg),
+                "state": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            }
             weights = client.scatter([payload], broadcast=True, hash=False)[0]
-        parts = [client.scatter(self.images[s:e], workers=[self.workers[i % w]], hash=False) for i, (s, e) in enumerate(self.bounds)]
+        parts = [
+            client.scatter(self.images[s:e], workers=[self.workers[i % w]], hash=False)
+            for i, (s, e) in enumerate(self.bounds)
+        ]
         return weights, parts
 
     def encode(self, model, weights, parts, batch_size: int):
@@ -205,10 +192,28 @@ class DaskJob:
             meta = np.empty((0, dim), dtype=np.float32)
 
         def stage():
-            futs = [client.submit(tasks.encode_partition, p, token, weights, self.device, batch_size, self.gpu,
-                                  workers=[self.workers[i % w]], allow_other_workers=True, pure=False) for i, p in enumerate(parts)]
+            futs = [
+                client.submit(
+                    tasks.encode_partition,
+                    p,
+                    token,
+                    weights,
+                    self.device,
+                    batch_size,
+                    self.gpu,
+                    workers=[self.workers[i % w]],
+                    allow_other_workers=True,
+                    pure=False,
+                )
+                for i, p in enumerate(parts)
+            ]
             settle(futs)
-            z = da.concatenate([da.from_delayed(f, shape=(e - s, dim), dtype=np.float32, meta=meta) for f, (s, e) in zip(futs, self.bounds)])
+            z = da.concatenate(
+                [
+                    da.from_delayed(f, shape=(e - s, dim), dtype=np.float32, meta=meta)
+                    for f, (s, e) in zip(futs, self.bounds)
+                ]
+            )
             return futs, z, bool(da.isfinite(z).all().compute())
 
         futs, z, finite = self.run_stage("encode", stage)
@@ -231,9 +236,8 @@ class DaskJob:
         the others go through the fitted model's ``transform``. Persisted on the workers."""
         from operator import getitem
 
-        from distributed import futures_of
-
         import dask.array as da
+        from distributed import futures_of
 
         client = self.client
         fit_fut, idx, model, _ = fitted
@@ -248,12 +252,23 @@ class DaskJob:
             out = DaskUMAP(model=model, client=client).transform(Z)
             # cuML returns blocks of unknown length under a 1-D signature: give them their rows back
             blocks = out.to_delayed().ravel()
-            U = da.concatenate([da.from_delayed(b, shape=(r, k), dtype=np.float32, meta=meta) for b, r in zip(blocks, Z.chunks[0])])
+            U = da.concatenate(
+                [da.from_delayed(b, shape=(r, k), dtype=np.float32, meta=meta) for b, r in zip(blocks, Z.chunks[0])]
+            )
             U = U.map_blocks(tasks.keep_sample_rows, rows_fut, emb_fut, dtype=np.float32, meta=meta)
         else:
             model_fut = client.submit(getitem, fit_fut, 0, pure=False)
-            U = Z.map_blocks(tasks.transform_block, model_fut, rows_fut, emb_fut, k, TRANSFORM_BATCH, dtype=np.float32,
-                             chunks=(Z.chunks[0], (k,)), meta=np.empty((0, k), dtype=np.float32))
+            U = Z.map_blocks(
+                tasks.transform_block,
+                model_fut,
+                rows_fut,
+                emb_fut,
+                k,
+                TRANSFORM_BATCH,
+                dtype=np.float32,
+                chunks=(Z.chunks[0], (k,)),
+                meta=np.empty((0, k), dtype=np.float32),
+            )
         U = client.persist(U)
         settle(futures_of(U))
         return U
@@ -269,8 +284,11 @@ class DaskJob:
 
         res = self.res
         cfg, k, seed = res.cluster, int(res.params["n_clusters"]), res.seed
-        init = KMeans(n_clusters=k, n_init=cfg.n_init, random_state=seed).fit(
-            np.asarray(to_numpy(sample_points), dtype=np.float32)).cluster_centers_.astype(np.float32)
+        init = (
+            KMeans(n_clusters=k, n_init=cfg.n_init, random_state=seed)
+            .fit(np.asarray(to_numpy(sample_points), dtype=np.float32))
+            .cluster_centers_.astype(np.float32)
+        )
         if self.gpu:
             from cuml.dask.cluster import KMeans as DaskKMeans
 
@@ -281,18 +299,26 @@ class DaskJob:
             params.update(init=init, n_init=1)
             km = DaskKMeans(client=self.client, **params).fit(U)
             # labels by predict over U, which keeps U's partition order; cuML's labels_ come per worker
-            return backends.get_backend("rapids").kmeans_from_centres(km.cluster_centers_, seed), to_numpy(km.predict(U))
+            return backends.get_backend("rapids").kmeans_from_centres(km.cluster_centers_, seed), to_numpy(
+                km.predict(U)
+            )
         from dask_ml.cluster import KMeans as DaskKMeans
 
         km = DaskKMeans(n_clusters=k, init=init, random_state=seed).fit(U)
-        return backends.get_backend("cpu").kmeans_from_centres(to_numpy(km.cluster_centers_), seed), to_numpy(km.predict(U))
+        return backends.get_backend("cpu").kmeans_from_centres(to_numpy(km.cluster_centers_), seed), to_numpy(
+            km.predict(U)
+        )
 
     # ------------------------------------------------------------------ record
     def handoff_record(self) -> dict:
-        return {"backend": self.res.placement.backend, "source": "dask", "array": "cupy" if self.gpu else "numpy",
-                "partitions": len(self.bounds),
-                "note": "the codes stay on the workers between stages; only the UMAP sample moves to the fitting "
-                        "worker, and codes, embedding and labels come back to the client at the end"}
+        return {
+            "backend": self.res.placement.backend,
+            "source": "dask",
+            "array": "cupy" if self.gpu else "numpy",
+            "partitions": len(self.bounds),
+            "note": "the codes stay on the workers between stages; only the UMAP sample moves to the fitting "
+            "worker, and codes, embedding and labels come back to the client at the end",
+        }
 
     def record(self, stages: dict) -> dict:
         gpu, info = self.gpu, self.workers_info
@@ -300,16 +326,25 @@ class DaskJob:
             "cluster": self.cluster_name,
             "scheduler": self.client.scheduler.address,
             "n_workers": len(self.workers),
-            "workers": {a: {"nthreads": info[a].get("nthreads"), "memory_limit": info[a].get("memory_limit"),
-                            **self.probe_.get(a, {})} for a in self.workers},
+            "workers": {
+                a: {
+                    "nthreads": info[a].get("nthreads"),
+                    "memory_limit": info[a].get("memory_limit"),
+                    **self.probe_.get(a, {}),
+                }
+                for a in self.workers
+            },
             "device": self.device,
             "backend": self.res.placement.backend,
-            "engines": {"umap_fit": "cuml.UMAP" if gpu else "umap.UMAP",
-                        "umap_transform": "cuml.dask.manifold.UMAP(model=...)" if gpu
-                        else "dask.array.map_blocks(umap.UMAP.transform)",
-                        "kmeans": "cuml.dask.cluster.KMeans" if gpu else "dask_ml.cluster.KMeans"},
+            "engines": {
+                "umap_fit": "cuml.UMAP" if gpu else "umap.UMAP",
+                "umap_transform": "cuml.dask.manifold.UMAP(model=...)"
+                if gpu
+                else "dask.array.map_blocks(umap.UMAP.transform)",
+                "kmeans": "cuml.dask.cluster.KMeans" if gpu else "dask_ml.cluster.KMeans",
+            },
             **stages,
         }
 
 
-__all__ = ["fit_distributed", "DaskJob", "DaskResult"]
+__all__ = ["DaskJob", "DaskResult"]

@@ -16,19 +16,24 @@ from .tasks import StageFailed
 def _stage_error(stage: str, exc: BaseException, records: list[dict], timeout: float) -> MFVCError:
     what = {
         "scatter": "check that every worker can be reached and has memory for its partitions",
-        "encode": "check that the workers run the same mfvc_gpu and torch as the client, and lower partition_rows if they run out of memory",
+        "encode": "check that the workers run the same mfvc_gpu and torch as the client, and lower "
+        "partition_rows if they run out of memory",
         "umap_fit": "lower sample_size if the fitting worker runs out of memory",
         "umap_transform": "lower partition_rows if the workers run out of memory",
         "kmeans": "check the workers' logs (client.get_worker_logs())",
     }.get(stage, "check the workers' logs (client.get_worker_logs())")
     if isinstance(exc, (FuturesTimeout, TimeoutError)):
         busy = sorted({t.get("worker", "?") for t in records}) or ["no worker started a task"]
-        return MFVCError(f"the {stage} stage did not finish within {timeout:.0f} s (workers with tasks: {', '.join(busy)}); "
-                         f"raise the timeout, add workers, or {what}")
+        return MFVCError(
+            f"the {stage} stage did not finish within {timeout:.0f} s (workers with tasks: {', '.join(busy)}); "
+            f"raise the timeout, add workers, or {what}"
+        )
     if isinstance(exc, StageFailed):
         return MFVCError(f"the {stage} stage failed on worker {exc.args[1]}: {exc.args[2]}; {what}")
     if type(exc).__name__ == "KilledWorker":
-        return MFVCError(f"the {stage} stage lost its workers ({exc}): a worker process died, often out of memory; {what}")
+        return MFVCError(
+            f"the {stage} stage lost its workers ({exc}): a worker process died, often out of memory; {what}"
+        )
     erred = sorted({t.get("worker", "?") for t in records if t.get("status") == "error"})
     where = f"on worker {', '.join(erred)}" if erred else "on the cluster"
     return MFVCError(f"the {stage} stage failed {where}: {type(exc).__name__}: {exc}; {what}")
@@ -70,7 +75,9 @@ class StageRunner:
         return out
 
 
-def run_on_partitions(client, stage: str, fn, partitions: list, *args, timeout: float = 600.0, run: StageRunner | None = None):
+def run_on_partitions(
+    client, stage: str, fn, partitions: list, *args, timeout: float = 600.0, run: StageRunner | None = None
+):
     """Run ``fn(partition, *args)`` on the worker that holds each partition future; gather the results.
 
     ``fn`` should be decorated with :func:`on_worker` so that failures name their worker.

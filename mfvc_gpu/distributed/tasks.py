@@ -100,7 +100,9 @@ def _model_on_worker(token: str, payload: dict, device: torch.device):
 
 
 @on_worker("encode")
-def encode_partition(images: np.ndarray, token: str, payload: dict | None, device: str, batch_size: int, cupy_out: bool):
+def encode_partition(
+    images: np.ndarray, token: str, payload: dict | None, device: str, batch_size: int, cupy_out: bool
+):
     """Posterior means of one partition, ``batch_size`` images at a time (raw pixels without a network)."""
     from ..train import encode
 
@@ -143,8 +145,15 @@ def _sample_rows_in(block_info, sample_rows: np.ndarray):
 
 
 @on_worker("umap_transform")
-def transform_block(block: np.ndarray, model, sample_rows: np.ndarray, sample_embedding: np.ndarray, n_components: int,
-                    batch_rows: int, block_info=None) -> np.ndarray:
+def transform_block(
+    block: np.ndarray,
+    model,
+    sample_rows: np.ndarray,
+    sample_embedding: np.ndarray,
+    n_components: int,
+    batch_rows: int,
+    block_info=None,
+) -> np.ndarray:
     """One partition's embedding: the fit's own coordinates for rows in the sample, umap-learn's
     ``transform`` (``batch_rows`` rows at a time) for the others."""
     _one_thread()
@@ -193,7 +202,9 @@ def peak_memory() -> dict:
 def probe() -> dict:
     from ..backends import rapids_available
 
-    return {"cuda": bool(torch.cuda.is_available()), "rapids": rapids_available(dask=True), "torch": torch.__version__,
-            "threads": int(os.environ.get("MFVC_THREADS", "1"))}
-
-
+    return {
+        "cuda": bool(torch.cuda.is_available()),
+        "rapids": rapids_available(dask=True),
+        "torch": torch.__version__,
+        "threads": int(os.environ.get("MFVC_THREADS", "1")),
+    }

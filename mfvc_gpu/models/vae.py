@@ -18,9 +18,7 @@ class Encoder(nn.Module):
     def __init__(self, cfg: VAEConfig) -> None:
         super().__init__()
         c_in = (cfg.in_channels,) + CHANNELS[:-1]
-        self.blocks = nn.ModuleList(
-            ResVAEBlock(i, o, cfg.attention, cfg.residual) for i, o in zip(c_in, CHANNELS)
-        )
+        self.blocks = nn.ModuleList(ResVAEBlock(i, o, cfg.attention, cfg.residual) for i, o in zip(c_in, CHANNELS))
         self.pool = nn.MaxPool2d(2)
         self.fusion = cfg.fusion
         # layer 5: block, pool, flatten, BatchNorm, LeakyReLU
@@ -30,7 +28,9 @@ class Encoder(nn.Module):
             nn.BatchNorm1d(CHANNELS[-1] * last_spatial**2),
             nn.LeakyReLU(0.2),
         )
-        n_features = sum(CHANNELS[:-1]) + CHANNELS[-1] * last_spatial**2 if cfg.fusion else CHANNELS[-1] * last_spatial**2
+        n_features = (
+            sum(CHANNELS[:-1]) + CHANNELS[-1] * last_spatial**2 if cfg.fusion else CHANNELS[-1] * last_spatial**2
+        )
         self.n_features = n_features
         self.fc_mu = nn.Linear(n_features, cfg.latent_dim)
         self.fc_logvar = nn.Linear(n_features, cfg.latent_dim)

@@ -30,8 +30,9 @@ class MLPAutoencoder(nn.Module):
         return recon, code
 
 
-def train_mlp_autoencoder(x: np.ndarray, n_code: int, epochs: int, seed: int, device: str = "cpu",
-                          batch_size: int = 256, lr: float = 1e-3) -> tuple[np.ndarray, dict]:
+def train_mlp_autoencoder(
+    x: np.ndarray, n_code: int, epochs: int, seed: int, device: str = "cpu", batch_size: int = 256, lr: float = 1e-3
+) -> tuple[np.ndarray, dict]:
     """Train :class:`MLPAutoencoder` on flattened images ``x`` (N, D) with MSE and Adam; return
     the codes (N, n_code) float32 and a record (seconds, final loss, epochs)."""
     torch.manual_seed(seed)

@@ -12,7 +12,17 @@ from ..bench.report import cpu_model, memory_gib
 
 DASH = "—"
 NOT_YET = "not yet measured"
-VERSIONS = ("mfvc_gpu", "torch", "umap-learn", "scikit-learn", "numpy", "cupy-cuda13x", "cuml-cu13", "cuml-cu12", "cuml")
+VERSIONS = (
+    "mfvc_gpu",
+    "torch",
+    "umap-learn",
+    "scikit-learn",
+    "numpy",
+    "cupy-cuda13x",
+    "cuml-cu13",
+    "cuml-cu12",
+    "cuml",
+)
 
 
 def hardware_summary(device: str = "cpu") -> str:
@@ -37,7 +47,7 @@ def versions() -> str:
 
 
 def fmt_mean_std(values: list[float], digits: int = 3) -> str:
-    """"0.910 ± 0.014" (sample standard deviation); one value alone; "—" for none."""
+    """ "0.910 ± 0.014" (sample standard deviation); one value alone; "—" for none."""
     values = [float(v) for v in values if v is not None]
     if not values:
         return DASH
@@ -102,18 +112,27 @@ def md_table(header: list[str], rows: list[list[str]]) -> str:
 
 def header(title: str, run: dict) -> str:
     """Title and the facts of the run: command, settings, machine(s), versions, time."""
-    lines = [f"# {title}", "",
-             f"Command: `{run['command']}`", "",
-             f"* written {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}; profile `{run['profile']}`, "
-             f"{run['epochs']} epochs; seeds {run['seeds']}; device {run['device']}, backend {run['backend']}"
-             + (f"; first {run['limit']} images of each set (--limit)" if run.get("limit") else ""),
-             f"* hardware (this invocation): {run['hardware']}"]
+    lines = [
+        f"# {title}",
+        "",
+        f"Command: `{run['command']}`",
+        "",
+        f"* written {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}; profile `{run['profile']}`, "
+        f"{run['epochs']} epochs; seeds {run['seeds']}; device {run['device']}, backend {run['backend']}"
+        + (f"; first {run['limit']} images of each set (--limit)" if run.get("limit") else ""),
+        f"* hardware (this invocation): {run['hardware']}",
+    ]
     others = sorted(set(run.get("result_hardware", ())) - {run["hardware"]})
     if others:
         lines.append("* some cached results were measured on: " + "; ".join(others))
-    lines += [f"* software: {versions()}",
-              f"* this invocation: {fmt_seconds(run['wall_s'])} wall time, {run['computed']} runs computed, "
-              f"{run['cached']} taken from the cache; measured compute time of all cells {fmt_seconds(run['compute_s'])} (a network or embedding shared by several cells counted once)", "", ""]
+    lines += [
+        f"* software: {versions()}",
+        f"* this invocation: {fmt_seconds(run['wall_s'])} wall time, {run['computed']} runs computed, "
+        f"{run['cached']} taken from the cache; measured compute time of all cells "
+        f"{fmt_seconds(run['compute_s'])} (a network or embedding shared by several cells counted once)",
+        "",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -127,9 +146,11 @@ def footnotes(cells: list[tuple[str, dict]], skipped: dict[str, str]) -> str:
     return ("\n" + "\n".join(lines) + "\n") if lines else ""
 
 
-TIME_NOTE = ("`s / seed`: measured seconds per seed of training + manifold + clustering (a training shared by "
-             "several rows counts in each of them). `paper`: the paper's Table 2 (ACC / NMI) as quoted in "
-             "DESIGN.md; \"—\" where that is not given.")
+TIME_NOTE = (
+    "`s / seed`: measured seconds per seed of training + manifold + clustering (a training shared by "
+    "several rows counts in each of them). `paper`: the paper's Table 2 (ACC / NMI) as quoted in "
+    'DESIGN.md; "—" where that is not given.'
+)
 
 
 def table2_markdown(run: dict, cells: dict[str, dict], paper: dict, skipped: dict[str, str]) -> str:
@@ -137,11 +158,27 @@ def table2_markdown(run: dict, cells: dict[str, dict], paper: dict, skipped: dic
     for name, cell in cells.items():
         n = next((r["n_samples"] for r in cell["records"]), None)
         k = next((r["n_classes"] for r in cell["records"]), None)
-        rows.append([name, n or DASH, k or DASH, _seeds(cell), *_score_cells(cell), *_paper(paper.get(name)), fmt_seconds(cell["seconds"])])
+        rows.append(
+            [
+                name,
+                n or DASH,
+                k or DASH,
+                _seeds(cell),
+                *_score_cells(cell),
+                *_paper(paper.get(name)),
+                fmt_seconds(cell["seconds"]),
+            ]
+        )
         notes.append((name, cell))
     head = ["data set", "images", "classes", "seeds", "ACC", "NMI", "purity", "paper ACC", "paper NMI", "s / seed"]
-    return (header("Table 2 — MFVC on each data set (mean ± std over seeds)", run) + md_table(head, rows) + "\n\n"
-            + TIME_NOTE + "\n" + footnotes(notes, skipped))
+    return (
+        header("Table 2 — MFVC on each data set (mean ± std over seeds)", run)
+        + md_table(head, rows)
+        + "\n\n"
+        + TIME_NOTE
+        + "\n"
+        + footnotes(notes, skipped)
+    )
 
 
 def variants_markdown(title: str, run: dict, per_dataset: dict[str, list[tuple]], skipped: dict[str, str]) -> str:
@@ -156,7 +193,13 @@ def variants_markdown(title: str, run: dict, per_dataset: dict[str, list[tuple]]
         n = next((r.get("n_samples") for r in recs), None)
         k = next((r.get("n_classes") for r in recs), None)
         parts.append(f"## {name}" + (f" — {n} images, {k} classes" if n else "") + "\n")
-        parts.append(md_table(head, [[label, _seeds(c), *_score_cells(c), *_paper(p), fmt_seconds(c["seconds"])] for label, c, p in rows]) + "\n")
+        parts.append(
+            md_table(
+                head,
+                [[label, _seeds(c), *_score_cells(c), *_paper(p), fmt_seconds(c["seconds"])] for label, c, p in rows],
+            )
+            + "\n"
+        )
         notes += [(f"{name}, {label}", c) for label, c, _ in rows]
     return "\n".join(parts) + "\n" + TIME_NOTE + "\n" + footnotes(notes, skipped)
 
@@ -166,7 +209,18 @@ def sweep_markdown(title: str, param: str, grid: list, series: dict[str, list[di
     (ACC mean ± std over seeds)."""
     rows = []
     for i, value in enumerate(grid):
-        rows.append([value] + [(s[i]["acc"] if s[i]["state"] == "ok" else (NOT_YET if s[i]["state"] == "missing" else s[i]["state"] + " ¹"))
-                               for s in series.values()])
+        rows.append(
+            [value]
+            + [
+                (
+                    s[i]["acc"]
+                    if s[i]["state"] == "ok"
+                    else (NOT_YET if s[i]["state"] == "missing" else s[i]["state"] + " ¹")
+                )
+                for s in series.values()
+            ]
+        )
     notes = [(f"{name}, {param}={grid[i]}", s[i]) for name, s in series.items() for i in range(len(grid))]
-    return f"## {title}\n\n" + md_table([param] + [f"ACC, {name}" for name in series], rows) + "\n" + footnotes(notes, {})
+    return (
+        f"## {title}\n\n" + md_table([param] + [f"ACC, {name}" for name in series], rows) + "\n" + footnotes(notes, {})
+    )

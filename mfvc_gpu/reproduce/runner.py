@@ -25,21 +25,22 @@ from pathlib import Path
 
 import numpy as np
 
-from mfvc_gpu import MFVC, evaluate, load_dataset
-from mfvc_gpu import __version__
-from mfvc_gpu.params import ESTIMATOR_PARAMS
+from mfvc_gpu import MFVC, __version__, evaluate, load_dataset
 from mfvc_gpu.data.loading import Dataset
 from mfvc_gpu.data.registry import REGISTRY
 from mfvc_gpu.errors import MFVCError
 from mfvc_gpu.fileio import FileSystemError, atomic_path, make_dirs, write_json
+from mfvc_gpu.params import ESTIMATOR_PARAMS
 from mfvc_gpu.resolution import resolve
 
-from .report import hardware_summary
 from .n2d import train_mlp_autoencoder
+from .report import hardware_summary
 from .variants import DatasetUnavailable, Variant
 
 # The settings each cached step depends on, from the table: a new setting enters the keys by itself.
-NETWORK_KEYS = tuple(p.name for p in ESTIMATOR_PARAMS if p.stage in ("network", "train") and p.name not in ("profile", "epochs"))
+NETWORK_KEYS = tuple(
+    p.name for p in ESTIMATOR_PARAMS if p.stage in ("network", "train") and p.name not in ("profile", "epochs")
+)
 MANIFOLD_KEYS = tuple(p.name for p in ESTIMATOR_PARAMS if p.stage == "manifold")
 CLUSTER_KEYS = tuple(p.name for p in ESTIMATOR_PARAMS if p.stage == "cluster" and p.name != "n_clusters")
 N2D_SETTINGS = dict(arch="500-500-2000", optimizer="adam", lr=1e-3, batch_size=256)
@@ -63,8 +64,10 @@ MAX_CACHE_JSON_BYTES = 16 << 20
 
 
 def _damaged(path: Path, why: str) -> MFVCError:
-    return MFVCError(f"the cache file {path} is damaged or was not written by mfvc-gpu ({why}); refused: "
-                     "delete it and run the same command again to recompute it")
+    return MFVCError(
+        f"the cache file {path} is damaged or was not written by mfvc-gpu ({why}); refused: "
+        "delete it and run the same command again to recompute it"
+    )
 
 
 def load_json(path: Path, required: tuple[str, ...] = ()) -> dict:
@@ -103,14 +106,21 @@ def train_vae_features(images: np.ndarray, params: dict, checkpoint: Path) -> tu
     est = MFVC(**dict(params, manifold="none", cluster="kmeans", checkpoint=checkpoint, resume=True))
     est.fit(images)
     last = est.history_[-1] if est.history_ else {}
-    meta = dict(train_s=est.timings_.get("train", 0.0) + est.timings_.get("encode", 0.0), epochs=est.train_config_.epochs,
-                profile=est.profile_, device=est.device_, final_loss=last.get("loss"))
+    meta = dict(
+        train_s=est.timings_.get("train", 0.0) + est.timings_.get("encode", 0.0),
+        epochs=est.train_config_.epochs,
+        profile=est.profile_,
+        device=est.device_,
+        final_loss=last.get("loss"),
+    )
     return est.latent_, meta
 
 
 def train_n2d_features(pixels: np.ndarray, n_code: int, epochs: int, seed: int, device: str) -> tuple[np.ndarray, dict]:
     """Train the N2D-style MLP autoencoder and return its codes and a record."""
-    return train_mlp_autoencoder(pixels, n_code, epochs, seed, device, batch_size=N2D_SETTINGS["batch_size"], lr=N2D_SETTINGS["lr"])
+    return train_mlp_autoencoder(
+        pixels, n_code, epochs, seed, device, batch_size=N2D_SETTINGS["batch_size"], lr=N2D_SETTINGS["lr"]
+    )
 
 
 def fit_pipeline(z: np.ndarray, params: dict) -> MFVC:
@@ -127,9 +137,18 @@ class Runner:
     retry_failed : compute again the results cached as failed.
     """
 
-    def __init__(self, out: Path, profile: str = "auto", epochs: int | None = None, device: str = "auto",
-                 backend: str = "auto", data_dir: str | None = None, limit: int | None = None,
-                 compute: bool = True, retry_failed: bool = False) -> None:
+    def __init__(
+        self,
+        out: Path,
+        profile: str = "auto",
+        epochs: int | None = None,
+        device: str = "auto",
+        backend: str = "auto",
+        data_dir: str | None = None,
+        limit: int | None = None,
+        compute: bool = True,
+        retry_failed: bool = False,
+    ) -> None:
         placed = resolve({"device": device, "backend": backend, "profile": profile, "epochs": epochs})
         self.device, self.backend = placed.placement.device, placed.placement.backend
         self.profile, self.epochs = placed.profile, placed.train.epochs
@@ -145,7 +164,11 @@ class Runner:
 
     # ------------------------------------------------------------ data
     def tag(self, dataset: str) -> str:
-        name = dataset.lower() if dataset.lower() in REGISTRY else f"{Path(dataset).stem}-{_hash(str(Path(dataset).resolve()))[:6]}"
+        name = (
+            dataset.lower()
+            if dataset.lower() in REGISTRY
+            else f"{Path(dataset).stem}-{_hash(str(Path(dataset).resolve()))[:6]}"
+        )
         return name + (f"-first{self.limit}" if self.limit else "")
 
     def seed_dir(self, dataset: str, seed: int) -> Path:
@@ -171,8 +194,18 @@ class Runner:
 
     # ------------------------------------------------------------ keys
     def base_params(self, seed: int, n_clusters: int) -> dict:
-        return dict(self.defaults, n_clusters=int(n_clusters), profile=self.profile, epochs=self.epochs, device=self.device,
-                    backend=self.backend, random_state=int(seed), progress=False, checkpoint=None, resume=False)
+        return dict(
+            self.defaults,
+            n_clusters=int(n_clusters),
+            profile=self.profile,
+            epochs=self.epochs,
+            device=self.device,
+            backend=self.backend,
+            random_state=int(seed),
+            progress=False,
+            checkpoint=None,
+            resume=False,
+        )
 
     def features_key(self, v: Variant) -> str:
         if v.features == "pixels":
@@ -191,7 +224,9 @@ class Runner:
         """``given`` settings (over the package's defaults), with the profile's values where left to it. An
         invalid variant keeps its settings as given: its run then fails with the same error, reported in its row."""
         try:
-            params = resolve(dict(self.defaults, profile=self.profile, device=self.device, backend=self.backend) | given).params
+            params = resolve(
+                dict(self.defaults, profile=self.profile, device=self.device, backend=self.backend) | given
+            ).params
         except MFVCError:
             return dict(given)
         return {k: params[k] for k in given}
@@ -209,7 +244,8 @@ class Runner:
         if m["manifold"] == "none":
             return None
         fkey = self.features_key(v)
-        return f"{fkey}.{m['manifold']}-nn{m['n_neighbors']}-md{m['min_dist']:g}-{self.backend}-{_hash([fkey, m, self.backend])}"
+        h = _hash([fkey, m, self.backend])
+        return f"{fkey}.{m['manifold']}-nn{m['n_neighbors']}-md{m['min_dist']:g}-{self.backend}-{h}"
 
     def result_path(self, dataset: str, v: Variant, seed: int) -> Path:
         c = self.cluster_params(v)
@@ -231,9 +267,13 @@ class Runner:
             params = self.base_params(seed, ds.n_classes) | v.network
             z, meta = train_vae_features(ds.images, params, ckpt)
         else:
-            z, meta = train_n2d_features(ds.images.reshape(len(ds), -1).astype(np.float32) / 255.0, ds.n_classes, self.epochs, seed, self.device)
+            z, meta = train_n2d_features(
+                ds.images.reshape(len(ds), -1).astype(np.float32) / 255.0, ds.n_classes, self.epochs, seed, self.device
+            )
             ckpt = None
-        save_json(path.with_suffix(".json"), dict(meta, key=self.features_key(v), n_samples=len(ds), hardware=self.hardware))
+        save_json(
+            path.with_suffix(".json"), dict(meta, key=self.features_key(v), n_samples=len(ds), hardware=self.hardware)
+        )
         save_npy(path, np.ascontiguousarray(z, dtype=np.float32))
         if ckpt is not None:
             ckpt.unlink(missing_ok=True)
@@ -252,8 +292,16 @@ class Runner:
             est = fit_pipeline(z, params)
             seconds = dict(train=float(fmeta.get("train_s", 0.0)), manifold=est.timings_["manifold"])
             if epath is not None:
-                save_json(epath.with_suffix(".json"), dict(key=ekey, train_s=seconds["train"], manifold_s=seconds["manifold"],
-                                                           backend=est.backend_, hardware=self.hardware))
+                save_json(
+                    epath.with_suffix(".json"),
+                    dict(
+                        key=ekey,
+                        train_s=seconds["train"],
+                        manifold_s=seconds["manifold"],
+                        backend=est.backend_,
+                        hardware=self.hardware,
+                    ),
+                )
                 save_npy(epath, est.embedding_)
         seconds["cluster"] = est.timings_["cluster"]
         return est.labels_, seconds
@@ -271,11 +319,24 @@ class Runner:
         if not self.compute:
             return None
         ds = self.dataset(dataset)
-        rec = dict(dataset=dataset, variant=v.name, label=v.label, seed=seed, n_samples=len(ds), n_classes=ds.n_classes,
-                   features=self.features_key(v), embedding=self.embedding_key(v), manifold=self.manifold_params(v),
-                   cluster=self.cluster_params(v), profile=self.profile if v.features != "pixels" else None,
-                   epochs=self.epochs if v.features != "pixels" else None, device=self.device, backend=self.backend,
-                   hardware=self.hardware, created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+        rec = dict(
+            dataset=dataset,
+            variant=v.name,
+            label=v.label,
+            seed=seed,
+            n_samples=len(ds),
+            n_classes=ds.n_classes,
+            features=self.features_key(v),
+            embedding=self.embedding_key(v),
+            manifold=self.manifold_params(v),
+            cluster=self.cluster_params(v),
+            profile=self.profile if v.features != "pixels" else None,
+            epochs=self.epochs if v.features != "pixels" else None,
+            device=self.device,
+            backend=self.backend,
+            hardware=self.hardware,
+            created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        )
         if v.max_samples and len(ds) > v.max_samples:
             rec.update(status="skipped", reason=f"{len(ds)} images: {v.too_large}")
         else:
@@ -288,8 +349,15 @@ class Runner:
                 rec.update(status="error", error=f"{type(exc).__name__}: {exc}", wall_s=time.perf_counter() - t0)
             else:
                 scores = evaluate(ds.labels, labels)
-                rec.update(status="ok", seconds=seconds, total_s=float(sum(seconds.values())), wall_s=time.perf_counter() - t0,
-                           n_clusters_found=int(len(set(labels.tolist()) - {-1})), noise=int((labels < 0).sum()), **scores)
+                rec.update(
+                    status="ok",
+                    seconds=seconds,
+                    total_s=float(sum(seconds.values())),
+                    wall_s=time.perf_counter() - t0,
+                    n_clusters_found=int(len(set(labels.tolist()) - {-1})),
+                    noise=int((labels < 0).sum()),
+                    **scores,
+                )
                 save_npy(path.with_suffix(".labels.npy"), labels.astype(np.int32))
         save_json(path, rec)
         return dict(rec, cached=False)
@@ -302,7 +370,11 @@ class Runner:
         drawing; None when it is not cached and ``compute`` is off."""
         fkey = self.features_key(v)
         m = self.manifold_params(manifold="umap", n_components=2)
-        path = self.seed_dir(dataset, seed) / "views" / f"{fkey}.umap2d-{self.backend}-{_hash([fkey, m, self.backend])}.npy"
+        path = (
+            self.seed_dir(dataset, seed)
+            / "views"
+            / f"{fkey}.umap2d-{self.backend}-{_hash([fkey, m, self.backend])}.npy"
+        )
         if path.exists():
             return load_npy(path, 2)
         if not self.compute:

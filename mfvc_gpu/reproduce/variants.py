@@ -15,7 +15,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 
 
-
 class DatasetUnavailable(Exception):
     """The data set cannot be used (not found, or no labels); the message says why."""
 
@@ -45,26 +44,43 @@ ISOMAP_MAX = 20_000
 _PIX = dict(features="pixels")
 _NO_MANIFOLD = {"manifold": "none"}
 _KMEANS = {"cluster": "kmeans"}
-_EUCLIDEAN_UMAP = {"manifold": "umap", "metric": "euclidean"}  # the baselines keep the distances they were measured with
+_EUCLIDEAN_UMAP = {
+    "manifold": "umap",
+    "metric": "euclidean",
+}  # the baselines keep the distances they were measured with
 _GMM_BASELINE = {"cluster": "gmm", "n_init": 2}  # the baselines' mixtures: 2 restarts, as measured in Table 3
 
 MFVC = Variant("mfvc", "MFVC")
 KMEANS_PIXELS = Variant("kmeans-pixels", "K-Means (pixels)", **_PIX, manifold=_NO_MANIFOLD, cluster=_KMEANS)
-UMAP_KMEANS_PIXELS = Variant("umap-kmeans-pixels", "UMAP + K-Means (pixels)", **_PIX, manifold=_EUCLIDEAN_UMAP, cluster=_KMEANS)
+UMAP_KMEANS_PIXELS = Variant(
+    "umap-kmeans-pixels", "UMAP + K-Means (pixels)", **_PIX, manifold=_EUCLIDEAN_UMAP, cluster=_KMEANS
+)
 VAE_KMEANS = Variant("vae-kmeans", "β-VAE + K-Means", manifold=_NO_MANIFOLD, cluster=_KMEANS)
 
 TABLE3 = [
     KMEANS_PIXELS,
     Variant("gmm-pixels", "GMM (pixels)", **_PIX, manifold=_NO_MANIFOLD, cluster=_GMM_BASELINE),
     Variant("umap-gmm-pixels", "UMAP + GMM (pixels)", **_PIX, manifold=_EUCLIDEAN_UMAP, cluster=_GMM_BASELINE),
-    Variant("n2d", "N2D-style (MLP autoencoder + UMAP + GMM)", features="n2d", manifold=_EUCLIDEAN_UMAP, cluster=_GMM_BASELINE),
+    Variant(
+        "n2d",
+        "N2D-style (MLP autoencoder + UMAP + GMM)",
+        features="n2d",
+        manifold=_EUCLIDEAN_UMAP,
+        cluster=_GMM_BASELINE,
+    ),
     MFVC,
 ]
 
 TABLE4 = [
     replace(KMEANS_PIXELS, label="K-Means"),
-    Variant("mfvc-isomap", "MFVC (Isomap)", manifold={"manifold": "isomap"}, max_samples=ISOMAP_MAX,
-            too_large=f"Isomap's all-pairs geodesic distances grow as N² (memory and hours); run it on sets up to {ISOMAP_MAX} images"),
+    Variant(
+        "mfvc-isomap",
+        "MFVC (Isomap)",
+        manifold={"manifold": "isomap"},
+        max_samples=ISOMAP_MAX,
+        too_large=f"Isomap's all-pairs geodesic distances grow as N² (memory and hours); run it on sets up to "
+        f"{ISOMAP_MAX} images",
+    ),
     Variant("mfvc-dbscan", "MFVC (DBSCAN)", cluster={"cluster": "dbscan"}),
     Variant("mfvc-no-simam", "MFVC without SimAM", network={"attention": "none"}),
     VAE_KMEANS,
@@ -88,23 +104,44 @@ DEFAULT_N_NEIGHBORS, DEFAULT_MIN_DIST = 27, 0.0
 
 def n_neighbors_sweep(grid=N_NEIGHBORS_GRID) -> list[Variant]:
     """Figure 8, left: MFVC at every n_neighbors, min_dist fixed at the paper's 0.0."""
-    return [Variant(f"umap-nn{v}", f"n_neighbors={v}", manifold={"manifold": "umap", "n_neighbors": int(v),
-                                                               "min_dist": DEFAULT_MIN_DIST}) for v in grid]
+    return [
+        Variant(
+            f"umap-nn{v}",
+            f"n_neighbors={v}",
+            manifold={"manifold": "umap", "n_neighbors": int(v), "min_dist": DEFAULT_MIN_DIST},
+        )
+        for v in grid
+    ]
 
 
 def min_dist_sweep(grid=MIN_DIST_GRID) -> list[Variant]:
     """Figure 8, right: MFVC at every min_dist, n_neighbors fixed at the paper's 27."""
-    return [Variant(f"umap-md{v:g}", f"min_dist={v:g}", manifold={"manifold": "umap", "n_neighbors": DEFAULT_N_NEIGHBORS,
-                                                                "min_dist": float(v)}) for v in grid]
+    return [
+        Variant(
+            f"umap-md{v:g}",
+            f"min_dist={v:g}",
+            manifold={"manifold": "umap", "n_neighbors": DEFAULT_N_NEIGHBORS, "min_dist": float(v)},
+        )
+        for v in grid
+    ]
 
 
 def min_samples_sweep(grid=MIN_SAMPLES_GRID) -> dict[str, list[Variant]]:
     """Figure 9: DBSCAN at every min_samples on the UMAP embedding of the β-VAE codes (MFVC
     features) and of the raw pixels (without them); eps stays at MFVC's default."""
+
     def row(v, feats):
-        return Variant(f"dbscan-ms{v}-{feats}", f"min_samples={v}", features="vae" if feats == "mfvc" else "pixels",
-                       cluster={"cluster": "dbscan", "min_samples": int(v)})
-    return {"with MFVC features": [row(v, "mfvc") for v in grid], "pixels (no MFVC features)": [row(v, "pixels") for v in grid]}
+        return Variant(
+            f"dbscan-ms{v}-{feats}",
+            f"min_samples={v}",
+            features="vae" if feats == "mfvc" else "pixels",
+            cluster={"cluster": "dbscan", "min_samples": int(v)},
+        )
+
+    return {
+        "with MFVC features": [row(v, "mfvc") for v in grid],
+        "pixels (no MFVC features)": [row(v, "pixels") for v in grid],
+    }
 
 
 # The paper's Table 2 (ACC, NMI), as quoted in DESIGN.md. Nothing else of the paper's tables is
