@@ -14,11 +14,11 @@ import logging
 import os
 import signal
 import sys
-import threading
 import warnings
 from dataclasses import replace
 from pathlib import Path
 
+from . import interrupts
 from .errors import MFVCError
 from .flags import add_param_flags
 
@@ -141,6 +141,7 @@ def cmd_apply(a: argparse.Namespace) -> int:
         device=a.device,
         backend=a.backend,
         overwrite=a.overwrite,
+        embedding_flag="--embedding" if a.command == "predict" else "--out",
     )
     sizes = ", ".join(f"{c}: {n}" for c, n in r["cluster_sizes"].items())
     print(
@@ -233,16 +234,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, taken the way Ctrl-C is: the run stops where it is, its checkpoint kept."""
-
-
-def _raise_terminated(signum, frame):
-    raise Terminated()
+def _signal_of(exc: BaseException) -> int:
+    return getattr(exc, "signum", signal.SIGINT)
 
 
 def _interrupted_message(command: str | None, exc: BaseException) -> str:
-    what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
+    what = "terminated (SIGTERM)" if _signal_of(exc) == signal.SIGTERM else "interrupted"
     if command == "cluster":
         return (
             f"{what}; the run folder was not written: rerun the same command with --resume to continue from the "
@@ -286,25 +283,25 @@ def main(argv: list[str] | None = None) -> int:
     from .fileio import os_error
 
     args = None
-    old_term = None
-    in_main = threading.current_thread() is threading.main_thread()
-    if in_main:
-        old_term = signal.signal(signal.SIGTERM, _raise_terminated)
+    for stream in (sys.stdout, sys.stderr):  # a file name that is not UTF-8 is printed as the bytes it is
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="surrogateescape")
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
         logging.basicConfig(
             level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
         )
-        if args.verbose:
-            return int(args.func(args) or 0)
-        with warnings.catch_warnings(record=True) as caught:  # the libraries' warnings, held until the outcome is known
-            status = int(args.func(args) or 0)
+        with interrupts.catching():  # Ctrl-C and SIGTERM stop the command at its next safe point
+            if args.verbose:
+                return int(args.func(args) or 0)
+            with warnings.catch_warnings(record=True) as caught:  # held until the outcome is known
+                status = int(args.func(args) or 0)
         _show_warnings(caught)  # a failed command prints only its one line
         return status
     except KeyboardInterrupt as exc:
         print(f"mfvc-gpu: {_interrupted_message(getattr(args, 'command', None), exc)}", file=sys.stderr)
-        return 128 + (signal.SIGTERM if isinstance(exc, Terminated) else signal.SIGINT)
+        return 128 + _signal_of(exc)
     except MFVCError as exc:
         print(f"mfvc-gpu: error: {one_line(exc)}", file=sys.stderr)
         return 2
@@ -329,9 +326,6 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
-    finally:
-        if in_main:
-            signal.signal(signal.SIGTERM, old_term if old_term is not None else signal.SIG_DFL)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from scipy import sparse
 from sklearn.base import BaseEstimator, ClusterMixin, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
+from . import interrupts
 from .backends import get_backend, interop
 from .data.loading import to_images
 from .errors import MFVCError
@@ -261,9 +262,9 @@ class MFVC(EstimatorParams, ClusterMixin, TransformerMixin, BaseEstimator):
         new = seen < 0
         if new.any():
             b = self._backend
-            out[new] = np.asarray(
-                b.to_numpy(b.transform_manifold(self._manifold(), b.handoff(z[new]))), dtype=np.float32
-            )
+            manifold = self._manifold()
+            interrupts.check()  # a safe point between the refit and the transform
+            out[new] = np.asarray(b.to_numpy(b.transform_manifold(manifold, b.handoff(z[new]))), dtype=np.float32)
         return out, seen
 
     def transform_predict(self, X) -> tuple[np.ndarray, np.ndarray]:

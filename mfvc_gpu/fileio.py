@@ -22,14 +22,13 @@ import json
 import os
 import re
 import shutil
-import signal
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from .errors import MFVCError
+from .interrupts import deferred_signals
 
 _SPACE = "free some space or choose a folder on another disk"
 _ADVICE = {
@@ -66,6 +65,12 @@ class FileSystemError(MFVCError):
         super().__init__(message)
         self.path = None if path is None else str(path)
         self.errno = code
+
+
+def shown(name: str | os.PathLike | bytes) -> str:
+    """A file or folder name as text to show (titles, reports, records): the bytes of a name that is not
+    valid UTF-8 (``os.fsdecode`` keeps them as surrogates) become U+FFFD instead of breaking the writer."""
+    return os.fsdecode(name).encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
 
 def temp_name(path: Path) -> Path:
@@ -211,35 +216,6 @@ def write_torch(path: str | os.PathLike, obj: Any) -> Path:
 
 
 # ---------------------------------------------------------------- folders
-@contextmanager
-def deferred_signals() -> Iterator[None]:
-    """Hold SIGINT and SIGTERM while the block runs (a few renames), then deliver them: the block is
-    never cut in the middle by Ctrl-C. Outside the main thread it does nothing."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    caught: list[int] = []
-    old = {}
-    for s in (signal.SIGINT, signal.SIGTERM):
-        try:
-            old[s] = signal.signal(s, lambda signum, frame: caught.append(signum))
-        except (ValueError, OSError):
-            pass
-    try:
-        yield
-    finally:
-        for s, handler in old.items():
-            signal.signal(s, handler if handler is not None else signal.SIG_DFL)
-        for s in caught:
-            handler = old.get(s)
-            if callable(handler):
-                handler(s, None)
-            elif s == signal.SIGINT and handler != signal.SIG_IGN:
-                raise KeyboardInterrupt
-            elif handler != signal.SIG_IGN:
-                os.kill(os.getpid(), s)
-
-
 _RENAME_EXCHANGE = 2
 _AT_FDCWD = -100
 _libc = None
@@ -376,6 +352,7 @@ def publish_dir(work: str | os.PathLike, out: str | os.PathLike) -> Path:
 
 
 __all__ = [
+    "shown",
     "atomic_path",
     "write_bytes",
     "write_text",
@@ -389,6 +366,5 @@ __all__ = [
     "user_os_errors",
     "temp_name",
     "aside_name",
-    "deferred_signals",
     "FileSystemError",
 ]

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from . import interrupts
 from .backends import Backend
 from .errors import MFVCError
 from .resolution import Resolution
@@ -63,12 +64,14 @@ def encode_codes(model, data: np.ndarray, device):
 def run_stages(z, res: Resolution, backend: Backend, timings: dict[str, float]) -> dict[str, Any]:
     """Handoff, manifold, (K), cluster on ``backend``; the keyword arguments of :class:`Fitted` they produce.
     Adds each stage's seconds to ``timings``."""
+    interrupts.check()  # safe points between the stages: a signal never interrupts a library midway
     t0 = time.perf_counter()
     feats = backend.handoff(z)
     timings["handoff"] = time.perf_counter() - t0
     if not backend.all_finite(feats):
         raise MFVCError("the features contain NaN or infinite values; lower the learning rate or check the input")
     backend.before_manifold(res.params["gpu_memory"], res.placement.device)
+    interrupts.check()
     t0 = time.perf_counter()
     manifold_model, emb = backend.fit_manifold(feats, res.manifold, res.n_components, res.seed)
     timings["manifold"] = time.perf_counter() - t0
@@ -83,9 +86,11 @@ def run_stages(z, res: Resolution, backend: Backend, timings: dict[str, float]) 
         )
         timings["choose_k"] = k_search.seconds
     n_clusters = k_search.chosen if k_search else int(res.params["n_clusters"])
+    interrupts.check()
     t0 = time.perf_counter()
     cluster_model, labels = backend.fit_cluster(emb, res.cluster, n_clusters, res.seed)
     timings["cluster"] = time.perf_counter() - t0
+    interrupts.check()
     return dict(
         handoff=backend.handoff_record(),  # as it stands when the labels exist
         manifold_model=manifold_model,

@@ -13,18 +13,32 @@ from pathlib import Path
 
 import numpy as np
 
+from . import interrupts
 from .errors import MFVCError
 from .fileio import atomic_path, make_dirs
+from .runfolder import missing_ancestors, remove_empty
 
 
-def _check_out(path: Path | None, overwrite: bool, flag: str) -> None:
-    if path is None:
-        return
-    if path.exists() and not overwrite:
-        raise MFVCError(f"{path} already exists; choose another {flag} or pass --overwrite")
-    if path.suffix.lower() not in (".csv", ".npy") and flag != "--out":
-        raise MFVCError(f"{flag} {path}: write the coordinates as .npy or .csv")
-    make_dirs(path.parent)
+def check_outputs(outputs: dict[str, Path | None], inputs: dict[str, Path], overwrite: bool, coords: str) -> None:
+    """Before any work: each output (flag -> path) is a file of its own, names no input and nothing inside
+    the model folder, and exists only with ``overwrite``; the coordinates (flag ``coords``) are .npy or .csv."""
+    given = {flag: Path(p) for flag, p in outputs.items() if p is not None}
+    seen: dict[Path, str] = {}
+    for flag, path in given.items():
+        where = path.resolve()
+        if where in seen:
+            raise MFVCError(f"{seen[where]} and {flag} both name {path}; give each output a file of its own")
+        seen[where] = flag
+        for what, src in inputs.items():
+            src = src.resolve()
+            if where == src or src in where.parents:
+                raise MFVCError(f"{flag} {path} would write over the {what} {src}; choose a file outside it")
+        if path.is_dir():
+            raise MFVCError(f"{flag} {path} is a folder; name a file")
+        if path.exists() and not overwrite:
+            raise MFVCError(f"{path} already exists; choose another {flag} or pass --overwrite")
+        if flag == coords and path.suffix.lower() not in (".csv", ".npy"):
+            raise MFVCError(f"{flag} {path}: write the coordinates as .npy or .csv")
 
 
 def write_embedding(path: Path, embedding: np.ndarray) -> Path:
@@ -53,6 +67,7 @@ def run_predict(
     device: str = "auto",
     backend: str = "auto",
     overwrite: bool = False,
+    embedding_flag: str = "--embedding",
 ) -> dict:
     """Label (``out``: labels.csv) and/or embed (``embedding``: .npy or .csv) ``dataset`` with the saved ``model``.
 
@@ -66,16 +81,32 @@ def run_predict(
 
     if out is None and embedding is None:
         raise MFVCError("nothing to write: give --out (labels.csv) and/or --embedding (.npy or .csv)")
-    _check_out(out, overwrite, "--out")
-    _check_out(embedding, overwrite, "--embedding")
+    inputs = {"model folder": Path(model), "data set": Path(dataset)} | (
+        {"data folder": Path(data_dir)} if data_dir else {}
+    )
+    outputs = {"--out": out, embedding_flag: embedding} if out is not None else {embedding_flag: embedding}
+    check_outputs(outputs, {k: v for k, v in inputs.items() if v.exists()}, overwrite, coords=embedding_flag)
     t0 = time.perf_counter()
     est = MFVC.load(model, device=device, backend=backend)
     ds = load_dataset(dataset, split, data_dir, pixel_max=pixel_max, bad_images=bad_images)
+    interrupts.check()  # safe points: a signal stops the command here, never inside a library
     emb, labels = est.transform_predict(ds.images)
-    if out is not None:
-        write_labels_csv(out, labels, ds.labels)
-    if embedding is not None:
-        write_embedding(embedding, emb)
+    interrupts.check()
+    targets = [Path(p) for p in (out, embedding) if p is not None]
+    new = [p for p in targets if not p.exists()]
+    created = sorted({d for p in targets for d in missing_ancestors(p.parent)}, key=lambda d: -len(d.parts))
+    try:  # the outputs' folders are made only now, once there is something to write
+        for p in targets:
+            make_dirs(p.parent)
+        if out is not None:
+            write_labels_csv(Path(out), labels, ds.labels)
+        if embedding is not None:
+            write_embedding(Path(embedding), emb)
+    except BaseException:  # a failed command leaves no output of its own behind
+        for p in new:
+            p.unlink(missing_ok=True)
+        remove_empty(created)
+        raise
     record = dict(
         dataset=ds.name,
         n_samples=len(ds),

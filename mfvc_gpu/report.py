@@ -170,6 +170,7 @@ def write_report(
     seed: int = 0,
 ) -> Path:
     """Write ``report.html`` (atomically) for one run; ``images`` are the run's (N, 1, S, S) uint8 images."""
+    from .fileio import shown as as_text
     from .fileio import write_text
     from .plotting import to_2d
 
@@ -245,7 +246,7 @@ def write_report(
         f'<meta http-equiv="Content-Security-Policy" content="{CSP}">'
         f"<title>{html.escape(title)}</title><style>{STYLE}</style></head><body>{''.join(parts)}</body></html>\n"
     )
-    return write_text(path, page)
+    return write_text(path, as_text(page))  # a path that is not UTF-8 (in the settings) shows as U+FFFD
 
 
 def write_cluster_galleries(

@@ -188,16 +188,34 @@ def write_parquet(path: str | os.PathLike, data: Mapping[str, Any], gpu: bool = 
     return path
 
 
-def write_results(folder: Path, labels, embedding, prefix: str = "umap", gpu: bool = False) -> None:
-    """``labels.parquet`` (row, cluster) and ``embedding.parquet`` (``prefix_0`` …) in ``folder``."""
+def write_results(folder: Path, labels, embedding, prefix: str = "umap", gpu: bool = False) -> str:
+    """``labels.parquet`` (row, cluster) and ``embedding.parquet`` (``prefix_0`` …) in ``folder``; where no
+    Parquet writer is installed (pandas without pyarrow), the same columns as ``labels.csv`` and
+    ``embedding.csv``, with a warning naming the extra to install. Returns the suffix written."""
     xp = np
     if gpu:
         import cupy as xp
     labels = xp.asarray(labels, dtype=xp.int64)
     embedding = xp.asarray(embedding, dtype=xp.float32)
-    write_parquet(folder / "labels.parquet", {"row": xp.arange(len(labels), dtype=xp.int64), "cluster": labels}, gpu)
-    cols = {f"{prefix}_{i}": xp.ascontiguousarray(embedding[:, i]) for i in range(embedding.shape[1])}
-    write_parquet(folder / "embedding.parquet", cols, gpu)
+    tables = {
+        "labels": {"row": xp.arange(len(labels), dtype=xp.int64), "cluster": labels},
+        "embedding": {f"{prefix}_{i}": xp.ascontiguousarray(embedding[:, i]) for i in range(embedding.shape[1])},
+    }
+    if gpu or import_problem("pyarrow") is None:
+        for name, cols in tables.items():
+            write_parquet(folder / f"{name}.parquet", cols, gpu)
+        return ".parquet"
+    log.warning(
+        "no Parquet writer (pyarrow) is installed: the results are written as labels.csv and "
+        "embedding.csv; for Parquet, %s",
+        TABLES_HINT,
+    )
+    for name, cols in tables.items():
+        with atomic_path(folder / f"{name}.csv") as tmp, open(tmp, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(list(cols))
+            w.writerows(zip(*(np.asarray(c).tolist() for c in cols.values())))
+    return ".csv"
 
 
 __all__ = [

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import interrupts
 from .data.loading import unit_float
 from .errors import MFVCError
 from .fileio import write_torch
@@ -105,8 +106,25 @@ def forward_loss_fn(model, beta: float, autocast: bool, device: torch.device, co
     return torch.compile(forward_loss, mode=mode, dynamic=False)
 
 
-def _checkpoint_settings(cfg, model: BetaVAE, n: int, seed: int) -> dict:
-    return dict(train=asdict(cfg), network=asdict(model.cfg), n_images=int(n), seed=int(seed))
+def _checkpoint_settings(cfg, model: BetaVAE, images: np.ndarray, seed: int) -> dict:
+    return dict(
+        train=asdict(cfg),
+        network=asdict(model.cfg),
+        n_images=int(len(images)),
+        seed=int(seed),
+        data=fingerprint(images),
+    )
+
+
+def fingerprint(images: np.ndarray) -> str:
+    """A hash of the stored images (their bytes, dtype and shape): a checkpoint records it, and ``resume``
+    refuses a checkpoint written for other images."""
+    import hashlib
+
+    a = np.ascontiguousarray(images)
+    h = hashlib.blake2b(f"{a.dtype.str}{a.shape}".encode(), digest_size=16)
+    h.update(memoryview(a).cast("B"))
+    return h.hexdigest()
 
 
 def _load_checkpoint(path: Path, device: torch.device, expected: dict) -> dict:
@@ -119,6 +137,16 @@ def _load_checkpoint(path: Path, device: torch.device, expected: dict) -> dict:
             "or run again without --resume"
         ) from exc
     written = state.get("settings") if isinstance(state, dict) else None
+    if (
+        isinstance(written, dict)
+        and "data" in written
+        and {k: v for k, v in written.items() if k != "data"} == {k: v for k, v in expected.items() if k != "data"}
+        and written.get("data") != expected["data"]
+    ):
+        raise MFVCError(
+            f"the checkpoint {path} was written for other images ({expected['n_images']} images of other pixels); "
+            "run without --resume to start again, or resume with the images it was trained on"
+        )
     if written != expected:
         diff = _differences(written or {}, expected)
         raise MFVCError(
@@ -196,7 +224,7 @@ def _train(model, images, cfg, device, seed, checkpoint, resume, progress) -> li
     opt = make_optimizer(model, cfg)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs * steps)
     gen = torch.Generator(device=device).manual_seed(seed)  # the data order, drawn where the data is
-    settings = _checkpoint_settings(cfg, model, n, seed)
+    settings = _checkpoint_settings(cfg, model, images, seed)
     history: list[dict] = []
     start = 0
     if resume and checkpoint is not None and checkpoint.exists():
@@ -229,6 +257,7 @@ def _train(model, images, cfg, device, seed, checkpoint, resume, progress) -> li
         totals = torch.zeros(3, dtype=torch.float64, device=device)
         first_bad = torch.full((), -1, dtype=torch.int64, device=device)
         for s in range(steps):
+            interrupts.check()  # a safe point: Ctrl-C or SIGTERM stops here, the last epoch's checkpoint kept
             x = unit_float(data[order[s * batch : (s + 1) * batch]]).contiguous(memory_format=fmt)
             terms = training_step(opt, sched, forward_loss, x).double()
             totals += terms * batch
@@ -288,6 +317,7 @@ def encode(
     data = images if isinstance(images, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(images))
     out = torch.empty((len(data), model.cfg.latent_dim), dtype=torch.float32, device=device)
     for i in range(0, len(data), batch_size):
+        interrupts.check()
         x = unit_float(data[i : i + batch_size].to(device, non_blocking=True)).contiguous(memory_format=fmt)
         mu, _ = model.encoder(x)
         out[i : i + batch_size] = mu.float()

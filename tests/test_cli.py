@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from mfvc_gpu.cli import main
-from mfvc_gpu.runs import partial_dir
+from mfvc_gpu.runfolder import partial_dir
 
 
 @pytest.fixture
@@ -27,6 +27,7 @@ def test_cluster_writes_a_complete_run_folder(small_npz, tmp_path, capsys):
     rc = run_cli("cluster", "--dataset", small_npz, "--epochs", "1", "--latent-dim", "8", "--out", out, "--no-progress")
     assert rc == 0
     assert sorted(p.name for p in out.iterdir()) == [
+        ".mfvc-run",  # what --overwrite may replace
         "clusters.png",
         "config.yaml",
         "embedding.png",

@@ -438,6 +438,7 @@ def test_overwrite_replaces_the_whole_folder(cli, tmp_path, npz, old_run):
     (old_run / "stale.txt").write_text("from an older version")
     assert cli("cluster", "--dataset", npz, *PIXELS, "--overwrite", "--out", old_run)[0] == 0
     assert sorted(p.name for p in old_run.iterdir()) == [
+        ".mfvc-run",
         "clusters.png",
         "config.yaml",
         "embedding.png",
@@ -568,6 +569,7 @@ def test_kill_9_then_resume_is_bit_identical(cli, monkeypatch, tmp_path, npz):
     assert len(steps) == (4 - done) * (N_IMAGES // 32), "the resumed run trains only the missing epochs"
     assert not partial(out).exists()
     assert sorted(p.name for p in out.iterdir()) == [
+        ".mfvc-run",
         "clusters.png",
         "config.yaml",
         "embedding.png",

@@ -150,6 +150,7 @@ def test_cli_clusters_a_parquet_table_by_columns(table, tmp_path, capsys):
     rc, out = _cluster(paths, tmp_path, "--columns", cols, "--manifold", "none")
     assert rc == 0
     assert sorted(os.listdir(out)) == [
+        ".mfvc-run",
         "config.yaml",
         "embedding.parquet",
         "embedding.png",

@@ -23,9 +23,10 @@ from pathlib import Path
 
 from mfvc_gpu.errors import MFVCError
 from mfvc_gpu.fileio import check_writable_dir
+from mfvc_gpu.runfolder import missing_ancestors, remove_empty
 
 from .report import machine_info, markdown, markdown_table, plot, summarize, write_atomic, write_csv, write_json
-from .stages import STAGES, Bench, Settings, probe_gpu
+from .stages import STAGES, Bench, Settings, check_stages, probe_gpu
 from .timing import run_cases
 from .train_step import ratios
 
@@ -145,6 +146,7 @@ def settings_from_args(a: argparse.Namespace) -> tuple[str, Settings]:
         if v is not None and v < 1:
             raise MFVCError(f"{flag} {v} must be a positive integer")
     stages = tuple(x.strip() for x in a.stages.split(",") if x.strip()) if a.stages else STAGES
+    check_stages(stages)
     changes = dict(stages=stages, data_dir=a.data_dir, seed=a.seed)
     if a.sizes:
         changes["sizes"] = parse_sizes(a.sizes)
@@ -203,7 +205,15 @@ def command_line(a: argparse.Namespace, preset: str) -> str:
 
 def main(a: argparse.Namespace) -> int:
     preset, settings = settings_from_args(a)
-    out = check_writable_dir(a.out)  # before minutes of compute
+    created = missing_ancestors(Path(a.out))
+    try:
+        return _run(a, preset, settings, check_writable_dir(a.out))  # the folder is proved writable before compute
+    except BaseException:
+        remove_empty(created)  # what this command created, if nothing was written in it
+        raise
+
+
+def _run(a: argparse.Namespace, preset: str, settings: Settings, out: Path) -> int:
     gpu = probe_gpu(a.device)
     started = datetime.now(timezone.utc)
     t0 = time.perf_counter()

@@ -61,13 +61,20 @@ def _umap_cpu(x: np.ndarray, seed: int | None, low_memory: bool = True) -> np.nd
         return model.fit_transform(x)
 
 
+def check_stages(stages: tuple[str, ...]) -> None:
+    """Refuse a stage name the benchmark does not have (before any folder is made or any data loaded)."""
+    unknown = [s for s in stages if s not in STAGES]
+    if unknown or not stages:
+        raise MFVCError(
+            f"--stages: unknown stage(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(STAGES)}"
+        )
+
+
 class Bench(TorchStages):
     """Builds the cases of the requested stages; data is loaded and generated once and shared."""
 
     def __init__(self, settings: Settings, gpu: GpuSupport) -> None:
-        unknown = [s for s in settings.stages if s not in STAGES]
-        if unknown:
-            raise MFVCError(f"--stages: unknown stage(s) {', '.join(unknown)}; choose from {', '.join(STAGES)}")
+        check_stages(settings.stages)
         self.s, self.gpu = settings, gpu
         self._datasets: dict = {}
         self._blobs: dict = {}
@@ -352,4 +359,4 @@ class Bench(TorchStages):
                     )
 
 
-__all__ = ["STAGES", "Case", "Settings", "Bench", "GpuSupport", "probe_gpu", "synthetic_blobs", "trust"]
+__all__ = ["STAGES", "Case", "Settings", "Bench", "GpuSupport", "check_stages", "probe_gpu", "synthetic_blobs", "trust"]

@@ -24,6 +24,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from mfvc_gpu import interrupts
+
 Clock = Callable[[], float]
 
 
@@ -198,6 +200,7 @@ def run_cases(
     warmed: set = set()
     bar = tqdm(cases, desc="bench", unit="case", disable=not progress, dynamic_ncols=True)
     for case in bar:
+        interrupts.check()  # a safe point between cases
         bar.set_description(case.label)
         if case.status != "ok":
             rows.append(_row(case))

@@ -14,8 +14,10 @@ import os
 import urllib.request
 from pathlib import Path
 
+from .. import interrupts
 from ..errors import MFVCError
 from ..fileio import atomic_path, make_dirs, remove_stale_temps, user_os_errors
+from ..runfolder import missing_ancestors, remove_empty
 from .registry import REGISTRY, cache_dir
 
 log = logging.getLogger(__name__)
@@ -41,6 +43,7 @@ def _download(url: str, dest: Path, expected_md5: str | None, progress: bool) ->
         total = int(r.headers.get("Content-Length") or 0) or None
         with tqdm(total=total, unit="B", unit_scale=True, desc=dest.name, disable=not progress) as bar:
             while True:
+                interrupts.check()  # a safe point: the temporary file goes, nothing half-written stays
                 try:
                     chunk = r.read(1 << 16)
                 except (OSError, http.client.HTTPException) as exc:
@@ -80,7 +83,18 @@ def fetch(name: str, dest: str | os.PathLike | None = None, mirror: str | None =
     mirrors = (mirror,) if mirror else spec.mirrors
     if not mirrors:
         raise MFVCError(f"'{spec.name}' has no download mirror; get its files yourself and pass --data-dir")
-    folder = make_dirs(Path(dest) if dest else cache_dir() / spec.dir_name)
+    folder = Path(dest) if dest else cache_dir() / spec.dir_name
+    created = missing_ancestors(folder)
+    make_dirs(folder)
+    try:
+        _fetch_files(spec, folder, mirrors, progress)
+    except BaseException:
+        remove_empty(created)  # the folders this command made, unless a file landed in them
+        raise
+    return folder
+
+
+def _fetch_files(spec, folder: Path, mirrors, progress: bool) -> None:
     for fname in sorted({f for fs in spec.files.values() for f in fs}):
         target = folder / fname
         remove_stale_temps(folder, fname)  # a download killed midway
@@ -98,4 +112,3 @@ def fetch(name: str, dest: str | os.PathLike | None = None, mirror: str | None =
                 errors.append(f"{url}: {exc}")
         else:
             raise MFVCError(f"could not download {fname} ({'; '.join(errors)}); check the network or pass --mirror")
-    return folder

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import MFVCError
+from ..fileio import shown
 from . import readers
 from .registry import REGISTRY, DatasetSpec, cache_dir, locate, matches_checksum, search_dirs
 
@@ -80,26 +81,57 @@ def white_of(x: np.ndarray, pixel_max: float | None, source: str) -> float:
     )
 
 
+CHANNELS = (1, 3, 4)  # gray, RGB, RGBA
+LAYOUTS = "(N, H, W), (N, C, H, W) or (N, H, W, C) with C = 1, 3 or 4"
+
+
+def channels_first(x: np.ndarray, source: str = "images") -> np.ndarray:
+    """A stack of images as (N, C, H, W), by one rule that cannot confuse layouts: the channel axis is the
+    second or the last, has 1, 3 or 4 entries, and exactly one of the two can be it; a 3-D stack is
+    (N, H, W) unless its last axis could be channels. Anything else is refused naming the shape."""
+    shape = tuple(x.shape)
+    if x.ndim == 3 and shape[-1] not in CHANNELS:
+        return x[:, None]
+    if x.ndim == 4:
+        first, last = shape[1] in CHANNELS, shape[-1] in CHANNELS
+        if first and not last:
+            return x
+        if last and not first:
+            return x.transpose(0, 3, 1, 2)
+    if x.ndim == 3:
+        why = f"one image (H, W, C) or images {shape[-1]} pixels wide"
+    elif x.ndim == 4 and shape[1] in CHANNELS:
+        why = f"axis 1 ({shape[1]}) and axis 3 ({shape[-1]}) could both be the channels"
+    elif x.ndim == 4:
+        why = "no axis of 1, 3 or 4 entries is there to hold the channels"
+    else:
+        why = f"{x.ndim} axes"
+    raise MFVCError(f"{source}: images of shape {shape} cannot be read unambiguously ({why}); give {LAYOUTS}")
+
+
+def conversion_bytes(shape: tuple[int, ...], size: int) -> int:
+    """The memory :func:`to_images` allocates for images of ``shape`` (N, C, H, W): the uint8 result, plus
+    one chunk of at most ``CHUNK`` images in float32, its gray mean, and their resized float32 and uint8 copies."""
+    n, c, h, w = shape
+    m = min(CHUNK, n)
+    return n * size * size + m * (c * h * w * 4 + (h * w * 4 if c > 1 else 0) + size * size * 5)
+
+
 def to_images(x: np.ndarray, size: int = 32, source: str = "images", pixel_max: float | None = None) -> np.ndarray:
     """Grayscale images at ``size``×``size`` as (N, 1, size, size) **uint8** (255 = white).
 
-    Pixels are scaled by :func:`white_of` (explicitly: uint8 as is, floats in [0, 1], or the named
-    ``pixel_max``); values above white are refused. Colour images (N, 3, H, W) or (N, H, W, 3/4)
-    are averaged to one channel (an alpha channel is dropped). Stored as uint8, a million 28×28
-    images take 1 GiB at 32×32; the network converts each batch to float32 (:func:`unit_float`).
+    The layout is read by :func:`channels_first`. Pixels are scaled by :func:`white_of` (explicitly: uint8
+    as is, floats in [0, 1], or the named ``pixel_max``); values above white are refused. Colour images
+    are averaged to one channel (an alpha channel is dropped). Stored as uint8, a million 28×28 images
+    take 1 GiB at 32×32; the network converts each batch to float32 (:func:`unit_float`).
     """
     import torch
     import torch.nn.functional as F
 
     x = np.asarray(x)
-    if x.ndim == 4 and x.shape[-1] in (3, 4) and x.shape[1] not in (1, 3, 4):
-        x = x.transpose(0, 3, 1, 2)  # NHWC -> NCHW
-    if x.ndim == 3:
-        x = x[:, None]
-    if x.ndim != 4 or x.shape[0] == 0:
-        raise MFVCError(
-            f"{source}: expected a non-empty stack of images (N, H, W) or (N, C, H, W), got shape {x.shape}"
-        )
+    if x.ndim == 0 or x.shape[0] == 0:
+        raise MFVCError(f"{source}: expected a non-empty stack of images, {LAYOUTS}; got shape {x.shape}")
+    x = channels_first(x, source)
     if x.dtype == object or x.dtype.kind not in "biuf":
         raise MFVCError(f"{source}: pixels of type {x.dtype} are not numbers")
     white = white_of(x, pixel_max, source)
@@ -111,10 +143,7 @@ def to_images(x: np.ndarray, size: int = 32, source: str = "images", pixel_max: 
         )
     if x.dtype == np.uint8 and x.shape[1:] == (1, size, size) and white == 255.0:
         return np.ascontiguousarray(x)
-    check_fits(
-        len(x) * size * size + CHUNK * max(int(np.prod(x.shape[1:])), size * size) * 4,
-        f"{source}: {len(x)} images at {size}×{size}",
-    )
+    check_fits(conversion_bytes(x.shape, size), f"{source}: {len(x)} images at {size}×{size}")
     out = np.empty((len(x), 1, size, size), dtype=np.uint8)
     for i in range(0, len(x), CHUNK):
         c = x[i : i + CHUNK].astype(np.float32)
@@ -238,7 +267,8 @@ def _load_path(path: Path, size: int, pixel_max: float | None = None, bad_images
         n_classes = None
     else:
         raise MFVCError(f"{path}: unsupported file type '{path.suffix}'; use .npz, .npy or a folder of images")
-    return Dataset(path.stem or path.name, to_images(x, size, str(path), pixel_max), y, n_classes, str(path))
+    name, source = shown(path.stem or path.name), shown(path)
+    return Dataset(name, to_images(x, size, source, pixel_max), y, n_classes, source)
 
 
 def dataset_status(data_dir=None) -> list[dict]:

@@ -31,20 +31,10 @@ from .runner import run_on_partitions
 from .tasks import StageFailed, on_worker
 
 
-def fit_distributed(
-    est,
-    X,
-    cluster="local",
-    n_workers: int | None = None,
-    *,
-    model=None,
-    sample_size: int = 20_000,
-    partition_rows: int | None = None,
-    batch_size: int = 1024,
-    timeout: float = 900.0,
-):
+def fit_distributed(est, X, *args, **kwargs):
     """Fit the :class:`~mfvc_gpu.MFVC` estimator ``est`` on images ``X``, every stage after training on Dask;
-    the same as ``est.fit_distributed(X, ...)``. Returns ``est``.
+    the same as ``est.fit_distributed(X, cluster="local", n_workers=None, *, model=None, sample_size=20_000,
+    partition_rows=None, batch_size=1024, timeout=900.0)``. Returns ``est``.
 
     Parameters
     ----------
@@ -72,16 +62,7 @@ def fit_distributed(
     Sets the fitted attributes ``est.fit`` sets, plus ``distributed_``: the workers, how many tasks
     of each stage each worker ran, seconds per stage, and each worker's peak memory.
     """
-    return est.fit_distributed(
-        X,
-        cluster,
-        n_workers,
-        model=model,
-        sample_size=sample_size,
-        partition_rows=partition_rows,
-        batch_size=batch_size,
-        timeout=timeout,
-    )
+    return est.fit_distributed(X, *args, **kwargs)
 
 
 __all__ = ["connect", "disconnect", "fit_distributed", "run_on_partitions", "on_worker", "StageFailed"]

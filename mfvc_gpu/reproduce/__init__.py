@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 
 from mfvc_gpu.errors import MFVCError
 from mfvc_gpu.fileio import check_writable_dir, write_text
+from mfvc_gpu.runfolder import missing_ancestors, remove_empty
 
 from . import variants as V
 
@@ -377,9 +378,14 @@ def main(a: argparse.Namespace) -> int:
         compute=not a.report_only,
         retry_failed=a.retry_failed,
     )
-    check_writable_dir(a.out)
+    created = missing_ancestors(Path(a.out))
     job = do_table if a.table else {5: do_embeddings, 7: do_embeddings, 8: do_figure8, 9: do_figure9}[a.figure]
-    written, results = job(runner, a, t0)  # Ctrl-C: the CLI says the finished runs are cached (exit 130)
+    try:
+        check_writable_dir(a.out)
+        written, results = job(runner, a, t0)  # Ctrl-C: the CLI says the finished runs are cached (exit 130)
+    except BaseException:
+        remove_empty(created)  # the folders this command made, unless it cached something in them
+        raise
     failed = [k for k, r in results.items() if r is not None and r["status"] == "error"]
     if failed:
         log.warning("%d runs failed (see the footnotes; --retry-failed computes them again)", len(failed))

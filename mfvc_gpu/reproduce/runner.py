@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mfvc_gpu import MFVC, __version__, evaluate, load_dataset
+from mfvc_gpu import MFVC, __version__, evaluate, interrupts, load_dataset
 from mfvc_gpu.data.loading import Dataset
 from mfvc_gpu.data.registry import REGISTRY
 from mfvc_gpu.errors import MFVCError
@@ -311,6 +311,7 @@ class Runner:
 
         Raises :class:`DatasetUnavailable` when the data set is needed and cannot be loaded.
         """
+        interrupts.check()  # a safe point between cells: what finished is cached
         path = self.result_path(dataset, v, seed)
         if path.exists():
             rec = load_json(path, ("status",))
