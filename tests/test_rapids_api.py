@@ -307,6 +307,41 @@ def test_no_cuda_12_or_11_distribution_is_installed(rapids):
     assert "cuml-cu13" in names and "cupy-cuda13x" in names  # the check looks at real names
 
 
+@pytest.mark.parametrize("extra", [[], ["torch"]], ids=[".[gpu]", ".[gpu] torch"])
+def test_the_gpu_extra_resolves_to_one_cuda_13_stack_as_users_type_it(rapids, tmp_path, extra):
+    """``pip install ".[gpu]"`` (and with ``torch`` named beside it), resolved afresh by pip against the
+    registry (``--dry-run --ignore-installed``: what a new virtual environment would get, without this
+    machine's pip configuration): torch 2.11 or newer, whose Linux wheel is the CUDA 13 build, CUDA
+    13 libraries, and no distribution of another CUDA major. Without the extra's torch bound this
+    resolution picks torch 2.9.1 and 15 ``nvidia-*-cu12`` wheels (docs/GPU.md)."""
+    import os
+
+    from packaging.version import Version
+
+    env = dict(os.environ, PIP_CONFIG_FILE=os.devnull, PIP_FIND_LINKS="", PIP_CONSTRAINT="")
+    report = tmp_path / "report.json"
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "install",
+        "--dry-run",
+        "--ignore-installed",
+        "--quiet",
+        "--report",
+        str(report),
+        f"{REPO}[gpu]",
+        *extra,
+    ]
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    got = {i["metadata"]["name"].lower(): i["metadata"]["version"] for i in json.loads(report.read_text())["install"]}
+    assert Version(got["torch"]) >= Version("2.11"), got["torch"]
+    assert got["cuda-toolkit"].split(".")[0] == "13" and "cuml-cu13" in got and "cupy-cuda13x" in got
+    other = [n for n in got if re.search(r"[-_]cu1[0-2]$|cuda1[0-2]x|[-_]cu1[0-2][-_]", n)]
+    assert other == [], other
+
+
 def test_the_gpu_extra_is_this_cuda_13_stack(rapids):
     """``pip install 'mfvc_gpu[gpu]'`` (what RAPIDS_HINT tells users) describes the stack installed
     here: every requirement of the ``gpu`` extra is installed at a version it allows, its CuPy is

@@ -306,3 +306,46 @@ def test_cuml_dbscan_and_kmeans_predict(mnist_test_latent):
     assert db.labels_.shape == (2000,) and len(set(db.labels_) - {-1}) >= 2
     with pytest.raises(MFVCError, match="cannot label new points"):
         db.predict(z[:10].cpu().numpy())
+
+
+# ---------------------------------------------------------------- one CUDA stack per process
+@pytest.mark.parametrize(
+    "majors, needle",
+    [
+        ({"torch": "12", "cupy": "13", "cuml": "13", "libcudart": None}, 'pip install --force-reinstall "torch>=2.11"'),
+        ({"torch": "13", "cupy": "12", "cuml": "13", "libcudart": None}, "reinstall cupy for CUDA 13"),
+        ({"torch": None, "cupy": "13", "cuml": "13", "libcudart": None}, "CPU-only build"),
+        ({"torch": "13", "cupy": "13", "cuml": "13", "libcudart": "12+13 (2 copies: /a, /b)"}, "mapped more than once"),
+    ],
+    ids=["torch-cuda12", "cupy-cuda12", "torch-cpu", "two-cudart"],
+)
+def test_a_mixed_cuda_stack_is_refused_before_cuml_runs(monkeypatch, majors, needle):
+    """The versions are simulated: the guard compares what torch, CuPy and cuML were built for."""
+    from mfvc_gpu.backends import cuda_stack
+
+    _fake(monkeypatch, cuda=True, rapids=True)
+    monkeypatch.setattr(cuda_stack, "cuda_majors", lambda: majors)
+    with pytest.raises(MFVCError) as info:
+        backends.place("auto", "auto")
+    message = str(info.value)
+    assert "\n" not in message and needle in message and message.startswith("the GPU stack is mixed")
+    monkeypatch.setattr(cuda_stack, "cuda_majors", lambda: dict(majors, torch="13", cupy="13", libcudart="13"))
+    assert backends.place("auto", "auto").backend == "rapids"  # one stack: placed on cuML
+
+
+def test_a_cpu_torch_beside_cuml_says_how_to_get_the_cuda_build(monkeypatch, cli, tmp_path):
+    from mfvc_gpu.backends import cuda_stack
+
+    majors = {"torch": None, "cupy": "13", "cuml": "13", "libcudart": None}
+    monkeypatch.setattr(cuda_stack, "cuda_majors", lambda: majors)
+    rc, _, lines = cli("cluster", "--dataset", "digits", "--backend", "rapids", "--out", tmp_path / "run")
+    assert rc == 2 and len(lines) == 1
+    assert "needs a CUDA device" in lines[0] and "CPU-only build" in lines[0] and "torch>=2.11" in lines[0]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_this_environment_is_one_stack():
+    from mfvc_gpu.backends.cuda_stack import cuda_majors, stack_problem
+
+    majors = cuda_majors()
+    assert stack_problem(majors) is None, majors

@@ -91,13 +91,20 @@ def place(
     elif device.startswith("cuda") and not cuda:
         raise MFVCError(
             f"device={device!r} but torch sees no CUDA GPU; use --device cpu or install a CUDA build of PyTorch"
+            + _stack_hint()
         )
     on_gpu = device.startswith("cuda")
     if backend == "cpu" or (backend == "auto" and not on_gpu):
         return Placement(device, "cpu")
     if not on_gpu:
-        raise MFVCError("backend='rapids' needs a CUDA device; use --device cuda or --backend cpu")
+        raise MFVCError("backend='rapids' needs a CUDA device; use --device cuda or --backend cpu" + _stack_hint())
     have_rapids = rapids_available(dask) if rapids is None else rapids
+    if have_rapids and rapids is None:  # this process will load cuML: one CUDA stack, or a clear refusal
+        from .cuda_stack import stack_problem
+
+        problem = stack_problem()
+        if problem:
+            raise MFVCError(f"the GPU stack is mixed: {problem}")
     if have_rapids:
         return Placement(device, "rapids")
     why = (rapids_problem(dask) if rapids is None else None) or "cuML is not available"
@@ -158,6 +165,14 @@ class Backend(Protocol):
 
     def handoff_record(self) -> dict:
         """How the codes reached this backend, as it stands now (a new dict each call)."""
+
+
+def _stack_hint() -> str:
+    """Where torch is a CPU-only build beside cuML: what to install (else nothing)."""
+    from .cuda_stack import stack_problem
+
+    problem = stack_problem()
+    return f" ({problem})" if problem else ""
 
 
 def get_backend(name: str) -> Backend:
