@@ -89,6 +89,14 @@ def training_step(opt, sched, forward_loss, x):
     return torch.stack([loss.detach(), rec.detach(), kl.detach()])
 
 
+def cpp_compiler() -> str | None:
+    """The C++ compiler torch.compile would build CPU kernels with ($CXX, else g++), or None."""
+    import os
+    import shutil
+
+    return shutil.which(os.environ.get("CXX") or "g++")
+
+
 def forward_loss_fn(model, beta: float, autocast: bool, device: torch.device, compiled: bool):
     """The forward pass and the loss of one batch; compiled (forward and backward graphs) when asked."""
 
@@ -99,6 +107,11 @@ def forward_loss_fn(model, beta: float, autocast: bool, device: torch.device, co
 
     if not compiled:
         return forward_loss
+    if device.type == "cpu" and not cpp_compiler():
+        raise MFVCError(
+            "compile='on' on the CPU needs a C++ compiler (torch.compile builds its CPU kernels with g++, or $CXX); "
+            "install one (e.g. apt-get install g++) or use --compile off"
+        )
     import torch._inductor.config as inductor
 
     inductor.fallback_random = True  # the sampling noise is eager's: the same seed gives the same losses

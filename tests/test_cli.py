@@ -122,7 +122,8 @@ def test_existing_and_unwritable_output(small_npz, tmp_path, capsys):
         locked = tmp_path / "locked"
         locked.mkdir(mode=0o500)
         assert run_cli("cluster", "--dataset", small_npz, "--out", locked / "run") == 2
-        assert "not writable" in capsys.readouterr().err
+        err = capsys.readouterr().err
+        assert "cannot write the run folder" in err and "Permission denied" in err and err.count("\n") == 1
     blocked = tmp_path / "file"
     blocked.write_text("a file, not a folder")
     assert run_cli("cluster", "--dataset", small_npz, "--out", blocked / "run") == 2

@@ -143,11 +143,13 @@ def instructions(path: Path) -> list[tuple[str, str]]:
 
 
 def base_images(path: Path) -> list[str]:
-    """The external images a Dockerfile builds FROM (stage aliases are not images)."""
+    """The external images a Dockerfile builds FROM (stage aliases are not images; ``${ARG}`` takes its default)."""
     stages, images = set(), []
+    defaults = args(path)
     for word, rest in instructions(path):
         if word != "FROM":
             continue
+        rest = re.sub(r"\$\{(\w+)\}", lambda m: defaults.get(m.group(1), m.group(0)), rest)
         parts = [p for p in rest.split() if not p.startswith("--platform")]
         if parts[0] not in stages:
             images.append(parts[0])
@@ -398,6 +400,7 @@ def test_cpu_dockerfile_is_slim_python_with_the_cpu_torch_wheel():
     assert len(images) == 1 and re.fullmatch(r"python:3\.\d+-slim(-[a-z]+)?", images[0]), images
     text = CPU_DOCKERFILE.read_text()
     assert "ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu" in text and '--index-url "${TORCH_INDEX}"' in text
+    assert '--find-links "${TORCH_WHEELS}"' in text  # a wheel folder, where no index can be reached
 
 
 @pytest.mark.parametrize("path", DOCKERFILES, ids=lambda p: p.name)

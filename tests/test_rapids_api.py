@@ -64,7 +64,7 @@ pytestmark = [
 ]
 
 REPO = Path(__file__).resolve().parents[1]
-PACKAGE_DIR = REPO / "mfvc_gpu"
+PACKAGE_DIR = Path(importlib.util.find_spec("mfvc_gpu").origin).resolve().parent  # the code under test
 
 # Libraries whose SONAME major is the CUDA major (cuFFT, cuSPARSE, cuSOLVER, cuRAND number theirs apart).
 CUDA_MAJOR_LIBS = ("libcudart", "libnvrtc", "libnvJitLink", "libcublas", "libcublasLt", "libcupti")
@@ -315,24 +315,18 @@ def test_the_gpu_extra_resolves_to_one_cuda_13_stack_as_users_type_it(rapids, tm
     13 libraries, and no distribution of another CUDA major. Without the extra's torch bound this
     resolution picks torch 2.9.1 and 15 ``nvidia-*-cu12`` wheels (docs/GPU.md)."""
     import os
+    import shutil
 
     from packaging.version import Version
 
+    src = tmp_path / "mfvc_gpu"  # a copy of what the build reads: the checkout may not be writable (an image)
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md", "mfvc_gpu"):
+        (shutil.copytree if (REPO / name).is_dir() else shutil.copy)(REPO / name, src / name)
     env = dict(os.environ, PIP_CONFIG_FILE=os.devnull, PIP_FIND_LINKS="", PIP_CONSTRAINT="")
     report = tmp_path / "report.json"
-    cmd = [
-        sys.executable,
-        "-m",
-        "pip",
-        "install",
-        "--dry-run",
-        "--ignore-installed",
-        "--quiet",
-        "--report",
-        str(report),
-        f"{REPO}[gpu]",
-        *extra,
-    ]
+    flags = ["--dry-run", "--ignore-installed", "--quiet", "--report", str(report)]
+    cmd = [sys.executable, "-m", "pip", "install", *flags, f"{src}[gpu]", *extra]
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     got = {i["metadata"]["name"].lower(): i["metadata"]["version"] for i in json.loads(report.read_text())["install"]}

@@ -3,8 +3,9 @@ import pytest
 import torch
 
 from mfvc_gpu.data import unit_float
+from mfvc_gpu.errors import MFVCError
 from mfvc_gpu.models import BetaVAE, VAEConfig
-from mfvc_gpu.train import TrainConfig, encode, train_vae
+from mfvc_gpu.train import TrainConfig, cpp_compiler, encode, train_vae
 
 CPU = torch.device("cpu")
 
@@ -168,6 +169,7 @@ def test_every_step_has_the_same_batch_shape(small, monkeypatch):
     assert shapes == [(64, 1, 32, 32)] * 3  # 200 images: 3 full batches, the last 8 dropped
 
 
+@pytest.mark.skipif(cpp_compiler() is None, reason="torch.compile on the CPU needs a C++ compiler (g++); none here")
 def test_compiled_training_gives_the_eager_losses():
     """compile='on' on the CPU: the same seed gives the eager loss curve to 1e-3 relative
     (the compiled kernels sum in another order; the sampling noise is eager's)."""
@@ -219,3 +221,12 @@ def test_bfloat16_training_runs_in_bfloat16_and_follows_the_float32_losses():
         runs[amp] = [h["loss"] for h in hist]
         assert set(seen) == {torch.bfloat16 if amp else torch.float32}
     np.testing.assert_allclose(runs[True], runs[False], rtol=0.03)
+
+
+def test_compile_without_a_cpp_compiler_is_one_clear_error(monkeypatch):
+    """A slim image has no g++: torch.compile would fail deep inside inductor; the loop says what to do."""
+    monkeypatch.setenv("CXX", "no-such-compiler-here")
+    x = np.zeros((64, 1, 32, 32), np.uint8)
+    cfg = TrainConfig(epochs=1, batch_size=32, lr=0.005, compile="on")
+    with pytest.raises(MFVCError, match=r"compile='on' on the CPU needs a C\+\+ compiler .*--compile off"):
+        train_vae(BetaVAE(VAEConfig(latent_dim=4)), x, cfg, CPU, seed=0, progress=False)
