@@ -287,12 +287,13 @@ def main(argv: list[str] | None = None) -> int:
         if hasattr(stream, "reconfigure"):
             stream.reconfigure(errors="surrogateescape")
     try:
-        parser = build_parser()
-        args = parser.parse_args(argv)
-        logging.basicConfig(
-            level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
-        )
-        with interrupts.catching():  # Ctrl-C and SIGTERM stop the command at its next safe point
+        with interrupts.catching():  # from the start, Ctrl-C and SIGTERM stop the command at its next safe point
+            parser = build_parser()
+            args = parser.parse_args(argv)
+            interrupts.check()
+            logging.basicConfig(
+                level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+            )
             if args.verbose:
                 return int(args.func(args) or 0)
             with warnings.catch_warnings(record=True) as caught:  # held until the outcome is known
