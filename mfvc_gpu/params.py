@@ -5,7 +5,7 @@ stage it belongs to. From :data:`PARAMS` come:
 
 * the estimator's parameters (:class:`mfvc_gpu.MFVC`'s signature and docstring),
 * the typed settings in :mod:`mfvc_gpu.settings`, a file generated from this table
-  (``python -m mfvc_gpu.params > mfvc_gpu/settings.py``; a test fails when it is stale): the
+  (``python -m mfvc_gpu.params``; a test fails when it is stale): the
   estimator's ``__init__``, the stage dataclasses (:class:`~mfvc_gpu.settings.VAEConfig`,
   :class:`~mfvc_gpu.settings.TrainConfig`, :class:`~mfvc_gpu.settings.ManifoldConfig`,
   :class:`~mfvc_gpu.settings.ClusterConfig`) and the fields of a run's ``config.yaml``
@@ -315,7 +315,7 @@ def render_settings() -> str:
     out = [
         '"""The typed settings, generated from the table in :mod:`mfvc_gpu.params`; do not edit by hand.',
         "",
-        "Regenerate with ``python -m mfvc_gpu.params > mfvc_gpu/settings.py``; a test fails when this file and",
+        "Regenerate with ``python -m mfvc_gpu.params``; a test fails when this file and",
         "the table disagree. Every object checks its fields against the table when it is made.",
         '"""',
         "",
@@ -386,5 +386,9 @@ __all__ = [
 ]
 
 
-if __name__ == "__main__":
-    print(render_settings(), end="")
+if __name__ == "__main__":  # python -m mfvc_gpu.params: write settings.py beside this file, atomically
+    from pathlib import Path
+
+    from .fileio import write_text
+
+    write_text(Path(__file__).with_name("settings.py"), render_settings())
