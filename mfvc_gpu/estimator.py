@@ -163,9 +163,19 @@ class MFVC(EstimatorParams, ClusterMixin, TransformerMixin, BaseEstimator):
         timings["total"] = time.perf_counter() - t0
         n_features = None if data.ndim == 4 else int(data.shape[1])  # images: no feature count
         place = res.placement
-        fitted = Fitted(res, backend, place.device, place.note, model, history, timings=timings, **stages)
-        fitted.n_features_in = n_features
-        self._set_fitted(fitted)
+        self._set_fitted(
+            Fitted(
+                res,
+                backend,
+                place.device,
+                place.note,
+                model,
+                history,
+                timings=timings,
+                n_features_in=n_features,
+                **stages,
+            )
+        )
         return self
 
     def fit_distributed(
