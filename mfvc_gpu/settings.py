@@ -1,6 +1,6 @@
 """The typed settings, generated from the table in :mod:`mfvc_gpu.params`; do not edit by hand.
 
-Regenerate with ``python -m mfvc_gpu.params``; a test fails when this file and
+Regenerate with ``python -m mfvc_gpu.settings_source``; a test fails when this file and
 the table disagree. Every object checks its fields against the table when it is made.
 """
 

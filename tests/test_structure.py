@@ -162,8 +162,8 @@ def test_the_estimator_never_asks_which_backend_it_has():
 
 # ---------------------------------------------------------------- typed settings from the table
 def test_the_settings_file_is_what_the_table_generates():
-    """``python -m mfvc_gpu.params`` after a change to the table."""
-    from mfvc_gpu.params import render_settings
+    """``python -m mfvc_gpu.settings_source`` after a change to the table."""
+    from mfvc_gpu.settings_source import render_settings
 
     assert (PKG / "settings.py").read_text() == render_settings()
 
