@@ -119,10 +119,18 @@ def _add_apply(sub) -> None:
             p.add_argument("--embedding", type=Path, help="also write the coordinates (.npy or .csv)")
         add_param_flags(p, only=lambda q: q.name in APPLY_SETTINGS, table_defaults=True)
         p.add_argument("--overwrite", action="store_true", help="replace existing output files")
+        p.add_argument("--no-progress", action="store_true", help="no progress bar")
         p.set_defaults(func=cmd_apply)
 
 
-APPLY_SETTINGS = ("split", "data_dir", "pixel_max", "bad_images", "device", "backend")  # predict's and transform's
+APPLY_SETTINGS = (
+    "split",
+    "data_dir",
+    "pixel_max",
+    "bad_images",
+    "device",
+    "backend",
+)  # predict's, transform's
 
 
 def cmd_apply(a: argparse.Namespace) -> int:
@@ -140,6 +148,7 @@ def cmd_apply(a: argparse.Namespace) -> int:
         bad_images=a.bad_images,
         device=a.device,
         backend=a.backend,
+        progress=not a.no_progress,
         overwrite=a.overwrite,
         embedding_flag="--embedding" if a.command == "predict" else "--out",
     )

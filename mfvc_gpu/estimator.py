@@ -22,9 +22,11 @@ from sklearn.utils.validation import check_is_fitted
 from . import interrupts
 from .backends import get_backend, interop
 from .data.loading import to_images
+from .embedding_map import TorchClusterer, as_tensor
 from .errors import MFVCError
+from .labelling import CHUNK, Labelled, Labeller, RowMatcher, label
 from .params import params_docstring
-from .pipeline import Fitted, check_result, encode_codes, row_index, run_stages
+from .pipeline import Fitted, check_result, encode_codes, run_stages
 from .resolution import Resolution, check, resolve
 from .settings import EstimatorParams
 from .train import fit_vae
@@ -61,10 +63,16 @@ class MFVC(EstimatorParams, ClusterMixin, TransformerMixin, BaseEstimator):
             self.n_features_in_ = int(f.n_features_in)
         elif hasattr(self, "n_features_in_"):
             del self.n_features_in_  # images: scikit-learn's feature count has no meaning here
+        self.embedding_map_, self.sample_ = f.embedding_map, f.sample
         if f.distributed is not None:
             self.distributed_ = f.distributed
         elif hasattr(self, "distributed_"):
             del self.distributed_
+
+    def _clear_fitted(self) -> None:
+        """Back to unfitted: every attribute :meth:`_set_fitted` sets is removed."""
+        for name in [k for k in vars(self) if k.endswith("_") and not k.startswith("__")] + ["_backend"]:
+            self.__dict__.pop(name, None)
 
     def _resolve(self, n_samples: int, workers: tuple[bool, bool] | None = None) -> Resolution:
         return resolve(self.get_params(), n_samples=n_samples, workers=workers)
@@ -150,33 +158,48 @@ class MFVC(EstimatorParams, ClusterMixin, TransformerMixin, BaseEstimator):
         return self._fit(Z, t0, encode=False)
 
     def _fit(self, data, t0: float, encode: bool) -> MFVC:
-        """Resolve, train (images with ``encoder='vae'``), encode (``encode``), then the stages after the encoder."""
-        res = self._resolve(len(data))
+        """Resolve, train (images with ``encoder='vae'``), encode (``encode``), then the stages after the encoder;
+        with ``fit_sample``, all of that on a sample drawn with the seed, then every other row labelled."""
+        n_fit = len(data) if self.fit_sample is None else min(int(self.fit_sample), len(data))
+        res = self._resolve(n_fit)
+        sample = None
+        if n_fit < len(data):
+            sample = np.sort(np.random.default_rng(res.seed).choice(len(data), n_fit, replace=False))
+        fit_data = data if sample is None else data[sample]
         backend = get_backend(res.placement.backend)
         backend.prepare(res.manifold, res.n_components, res.seed, res.params["gpu_memory"])
         timings: dict[str, float] = {}
-        model, history = self._train(data, res, timings) if encode and self.encoder == "vae" else (None, [])
-        z = data
+        model, history = self._train(fit_data, res, timings) if encode and self.encoder == "vae" else (None, [])
+        z = fit_data
         if encode:
-            z, timings["encode"] = encode_codes(model, data, torch.device(res.placement.device))
+            z, timings["encode"] = encode_codes(model, fit_data, torch.device(res.placement.device))
         stages = run_stages(z, res, backend, timings)
-        timings["total"] = time.perf_counter() - t0
         n_features = None if data.ndim == 4 else int(data.shape[1])  # images: no feature count
         place = res.placement
-        self._set_fitted(
-            Fitted(
-                res,
-                backend,
-                place.device,
-                place.note,
-                model,
-                history,
-                timings=timings,
-                n_features_in=n_features,
-                **stages,
-            )
+        fitted = Fitted(
+            res, backend, place.device, place.note, model, history, timings=timings, n_features_in=n_features, **stages
         )
+        if sample is not None:
+            self._set_fitted(fitted)  # the sample's fit labels the rest
+            try:
+                fitted = self._label_rest(fitted, data, sample)
+            except BaseException:  # an interrupted labelling leaves no fit that looks complete
+                self._clear_fitted()
+                raise
+        timings["total"] = time.perf_counter() - t0
+        self._set_fitted(fitted)
         return self
+
+    def _label_rest(self, fitted: Fitted, data, sample: np.ndarray) -> Fitted:
+        """``fitted`` (on the rows ``sample``) extended to every row of ``data``: the others labelled in chunks."""
+        t0 = time.perf_counter()
+        log.info("labelling the %d images outside the sample of %d", len(data) - len(sample), len(sample))
+        in_sample = np.zeros(len(data), dtype=bool)
+        in_sample[sample] = True
+        out = label(self.labeller(match=False), data, latent=True, skip=in_sample, progress=self.progress)
+        out.latent[sample], out.embedding[sample], out.labels[sample] = fitted.latent, fitted.embedding, fitted.labels
+        fitted.timings["label_rest"] = time.perf_counter() - t0
+        return replace(fitted, latent=out.latent, embedding=out.embedding, labels=out.labels, sample=sample)
 
     def fit_distributed(
         self,
@@ -230,71 +253,84 @@ class MFVC(EstimatorParams, ClusterMixin, TransformerMixin, BaseEstimator):
                 result.handoff,
                 n_features_in=result.latent.shape[1],
                 distributed=result.record,
+                embedding_map=None if result.embedding_map is None else result.embedding_map.to(result.device),
             )
         )
         return self
 
     # ------------------------------------------------------------------ inference
-    def _codes(self, X) -> np.ndarray:
-        """Latent codes of ``X``: images through the encoder, or feature vectors as they are."""
-        check_is_fitted(self, "labels_")
-        data = self._prepare(X, fitting=False)
-        if self.model_ is None:
-            flat = data.reshape(len(data), -1)
-            return flat.astype(np.float32) / 255.0 if flat.dtype == np.uint8 else flat
-        z, _ = encode_codes(self.model_, data, torch.device(self.device_))
-        return np.asarray(self._backend.to_numpy(self._backend.handoff(z)), dtype=np.float32)
+    def labeller(self, match: bool = True) -> Labeller:
+        """How this fitted model labels images (or feature vectors, without a network): the learned map and the
+        clusterer in torch on the model's device when it was fitted with ``out_of_sample='map'``, else the
+        manifold's own ``transform`` and the backend's clusterer. ``match``: training rows keep their coordinates
+        and labels."""
+        device = torch.device(self.device_)
+        b, network = self._backend, self.model_
+
+        def to_codes(x):
+            if network is None and not isinstance(x, np.ndarray):  # feature vectors on a device
+                return as_tensor(x, device)
+            return encode_codes(network, x, device)[0]
+
+        method = self.manifold_config_.method
+        torch_path = method == "none" or self.embedding_map_ is not None  # as fitted: out_of_sample acts in fit
+        if torch_path:
+            state = b.cluster_state(self.cluster_model_)
+            clusterer = None
+
+            def cluster(u):
+                nonlocal clusterer
+                clusterer = clusterer or TorchClusterer(state, device)  # DBSCAN refuses only when a new point comes
+                return clusterer(u)
+
+            emb_map = self.embedding_map_
+            place = (lambda z: z) if method == "none" else (lambda z: emb_map(z))  # noqa: E731
+            chunk = CHUNK
+        else:
+
+            def place(z):
+                manifold = self._manifold()
+                interrupts.check()  # a safe point between a refit and the transform
+                return b.transform_manifold(manifold, b.handoff(z))
+
+            cluster = lambda u: b.predict_cluster(self.cluster_model_, u)  # noqa: E731
+            chunk = None  # the manifold's transform of one batch: its result depends on the batch
+        matcher = RowMatcher(self.latent_, device) if match else None
+        return Labeller(to_codes, place, cluster, self.embedding_, self.labels_, matcher, chunk)
 
     def _manifold(self):
-        """The fitted manifold model; after ``load``, refitted on the saved codes with the saved seed the first
-        time a new point needs it (umap-learn's and cuML's UMAP hold indexes that are not saved)."""
+        """The fitted manifold model; after ``load``, refitted on the saved codes (the sample's, with ``fit_sample``)
+        with the saved seed the first time a new point needs it (umap-learn's and cuML's UMAP hold indexes that are
+        not saved)."""
         if self.manifold_model_ is None and self.manifold_config_.method != "none":
             b = self._backend
-            log.info(
-                "rebuilding the %s model from the %d saved latent codes",
-                self.manifold_config_.method,
-                len(self.latent_),
-            )
+            z = self.latent_ if self.sample_ is None else self.latent_[self.sample_]
+            log.info("rebuilding the %s model from the %d saved latent codes", self.manifold_config_.method, len(z))
             self.manifold_model_, _ = b.fit_manifold(
-                b.handoff(self.latent_), self.manifold_config_, self.resolution_.n_components, self.seed_
+                b.handoff(z), self.manifold_config_, self.resolution_.n_components, self.seed_
             )
         return self.manifold_model_
 
-    def transform(self, X) -> np.ndarray:
-        """UMAP coordinates of ``X`` (N, n_components) float32: the training points keep the
-        coordinates the fit gave them; new points go through the manifold's ``transform``."""
-        return self._embed(self._codes(X))[0]
+    def _label(self, X, embedding: bool) -> Labelled:
+        check_is_fitted(self, "labels_")
+        data = self._prepare(X, fitting=False)
+        return label(self.labeller(), data, embedding=embedding, progress=self.progress and len(data) > CHUNK)
 
-    def _embed(self, z: np.ndarray):
-        seen = row_index(self.latent_, z)
-        out = np.empty((len(z), self.embedding_.shape[1]), dtype=np.float32)
-        out[seen >= 0] = self.embedding_[seen[seen >= 0]]
-        new = seen < 0
-        if new.any():
-            b = self._backend
-            manifold = self._manifold()
-            interrupts.check()  # a safe point between the refit and the transform
-            out[new] = np.asarray(b.to_numpy(b.transform_manifold(manifold, b.handoff(z[new]))), dtype=np.float32)
-        return out, seen
+    def transform(self, X) -> np.ndarray:
+        """Coordinates of ``X`` in the manifold's space (N, n_components) float32: the training points keep the
+        coordinates the fit gave them; new points go through the learned map (``out_of_sample='map'``) or the
+        manifold's ``transform``."""
+        return self._label(X, embedding=True).embedding
 
     def transform_predict(self, X) -> tuple[np.ndarray, np.ndarray]:
-        """``(transform(X), predict(X))`` with one pass through the encoder and the manifold."""
-        emb, seen = self._embed(self._codes(X))
-        return emb, self._labels_of(emb, seen)
-
-    def _labels_of(self, emb: np.ndarray, seen: np.ndarray) -> np.ndarray:
-        labels = np.empty(len(emb), dtype=np.int64)
-        labels[seen >= 0] = self.labels_[seen[seen >= 0]]
-        new = seen < 0
-        if new.any():
-            b = self._backend
-            labels[new] = np.asarray(b.to_numpy(b.predict_cluster(self.cluster_model_, emb[new])), dtype=np.int64)
-        return labels
+        """``(transform(X), predict(X))`` with one pass through the encoder (and the map)."""
+        out = self._label(X, embedding=True)
+        return out.embedding, out.labels
 
     def predict(self, X) -> np.ndarray:
-        """Cluster labels of ``X``: training points get ``labels_``; new points go encoder →
-        UMAP transform → the fitted K-Means or Gaussian mixture."""
-        return self.transform_predict(X)[1]
+        """Cluster labels of ``X``: training points get ``labels_``; new points go encoder → the learned map
+        (or UMAP's ``transform``) → the fitted K-Means or Gaussian mixture (in chunks with the map)."""
+        return self._label(X, embedding=False).labels
 
     # ------------------------------------------------------------------ persistence
     def save(self, path):
@@ -302,41 +338,21 @@ class MFVC(EstimatorParams, ClusterMixin, TransformerMixin, BaseEstimator):
         from .persistence import SavedModel, write_model
 
         check_is_fitted(self, "labels_")
-        return write_model(
-            path,
-            SavedModel(
-                params=self.resolved_params(),
-                vae=self.vae_config_,
-                train=self.train_config_,
-                manifold=self.manifold_config_,
-                cluster=self.cluster_config_,
-                profile=self.profile_,
-                backend=self.backend_,
-                device=self.device_,
-                seed=self.seed_,
-                n_clusters=self.n_clusters_,
-                k_search=self.k_search_,
-                timings=self.timings_,
-                history=self.history_,
-                latent=self.latent_,
-                embedding=self.embedding_,
-                labels=self.labels_,
-                cluster_state=self._backend.cluster_state(self.cluster_model_),
-                network=self.model_,
-            ),
-        )
+        return write_model(path, SavedModel.of(self))
 
     @classmethod
     def load(cls, path, device: str = "auto", backend: str = "auto") -> MFVC:
         """Load a folder written by :meth:`save` onto ``device`` / ``backend`` (resolved as for ``fit``);
-        every file is checked before use (see :mod:`mfvc_gpu.persistence`). Nothing is refitted but the
-        manifold model, and only when a new point needs it."""
+        every file is checked before use (see :mod:`mfvc_gpu.persistence`). Nothing is refitted for ``predict``
+        with the learned map; UMAP's own ``transform`` (``out_of_sample='umap'``) refits the manifold model the
+        first time a new point needs it."""
         from .persistence import read_model
 
         saved = read_model(path)
         est = cls(**dict(saved.params, device=device, backend=backend, checkpoint=None, resume=False))
+        n = len(saved.latent) if saved.sample is None else len(saved.sample)
         res = replace(
-            est._resolve(len(saved.latent)),
+            est._resolve(n),
             profile=saved.profile,
             seed=saved.seed,
             vae=saved.vae,
@@ -344,29 +360,7 @@ class MFVC(EstimatorParams, ClusterMixin, TransformerMixin, BaseEstimator):
             manifold=saved.manifold,
             cluster=saved.cluster,
         )
-        b = get_backend(res.placement.backend)
-        model = None if saved.network is None else saved.network.to(res.placement.device).eval()
-        est._set_fitted(
-            Fitted(
-                res,
-                b,
-                res.placement.device,
-                res.placement.note,
-                model,
-                saved.history,
-                None,
-                b.cluster_from_state(saved.cluster_state, saved.seed),
-                saved.latent,
-                saved.embedding,
-                saved.labels,
-                saved.n_clusters,
-                saved.k_search,
-                saved.timings,
-                {},
-                n_features_in=saved.latent.shape[1] if model is None else None,
-            ),
-            check=False,
-        )
+        est._set_fitted(saved.fitted(res, get_backend(res.placement.backend)), check=False)
         return est
 
 

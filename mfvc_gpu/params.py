@@ -198,6 +198,9 @@ PARAMS: tuple[Param, ...] = (
     P("n_components", int, None, "manifold", "output dimension; None: n_clusters (paper)", low=1, optional=True),
     P("metric", str, None, "manifold", "distance in the manifold's input space; None: the profile's (paper: "
       "euclidean, fast: cosine)", choices=("euclidean", "cosine", "manhattan", "correlation"), optional=True),
+    P("out_of_sample", str, "map", "manifold", "how new images are placed in the manifold's space: 'map' (a small "
+      "network trained on the fitted coordinates: one forward pass, on the device) or 'umap' (the manifold's own "
+      "transform: a neighbour search and an optimisation per call)", choices=("map", "umap")),
     P("knn", str, "brute", "manifold", "cuML UMAP's kNN build: 'brute' (zero-copy) or 'nn-descent' "
       "(copies to host memory)", choices=("brute", "nn-descent")),
     # the clustering stage
@@ -217,6 +220,10 @@ PARAMS: tuple[Param, ...] = (
       "'keep' (neither)", choices=("release", "rmm", "keep"), field=None),
     P("random_state", int, 0, "placement", "seeds the network, the data order, UMAP and the clustering "
       "(the estimator also takes None or a RandomState)", low=0, optional=True, field=None, aliases=("seed",)),
+    P("fit_sample", int, None, "run", "fit the network, the manifold, the map and the clusterer on this many "
+      "images drawn with the seed, then label the others as predict does (the map, in streamed chunks); None: fit on "
+      "all",
+      low=2, optional=True, field=None),
     # how a fit runs (estimator arguments, not settings of the result)
     P("checkpoint", str, None, "run", "write a training checkpoint there after every epoch", optional=True,
       field=None, config=False, cli=False),

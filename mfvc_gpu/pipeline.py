@@ -1,12 +1,12 @@
 """The stages after the encoder, as plain functions that return records (the estimator alone keeps them).
 
-:func:`run_stages`: handoff → finiteness check → manifold → (choose K) → cluster, on one backend,
-returning a :class:`Fitted` record; :func:`check_result` refuses a numerically failed fit;
-:func:`row_index` finds which new codes are training codes.
+:func:`run_stages`: handoff → finiteness check → manifold → (choose K) → cluster → the learned map, on one backend,
+returning a :class:`Fitted` record; :func:`check_result` refuses a numerically failed fit.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -16,7 +16,9 @@ import numpy as np
 from . import interrupts
 from .backends import Backend
 from .errors import MFVCError
-from .resolution import Resolution
+from .resolution import Resolution, has_map
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -41,6 +43,8 @@ class Fitted:
     handoff: dict
     n_features_in: int | None = None  # feature vectors only (for images it has no meaning)
     distributed: dict | None = None  # the Dask path's record
+    embedding_map: Any = None  # the learned map into the manifold's space (embedding_map.EmbeddingMap), or None
+    sample: np.ndarray | None = None  # with fit_sample: the rows the stages were fitted on (the rest was labelled)
 
 
 def encode_codes(model, data: np.ndarray, device):
@@ -91,8 +95,13 @@ def run_stages(z, res: Resolution, backend: Backend, timings: dict[str, float]) 
     cluster_model, labels = backend.fit_cluster(emb, res.cluster, n_clusters, res.seed)
     timings["cluster"] = time.perf_counter() - t0
     interrupts.check()
+    handoff = backend.handoff_record()  # how the codes reached the backend, up to the first labels (before the map)
+    embedding_map = None
+    if has_map(res.manifold, res.cluster):
+        embedding_map, emb, cluster_model, labels = fit_learned_map(feats, emb, cluster_model, res, backend, timings)
     return dict(
-        handoff=backend.handoff_record(),  # as it stands when the labels exist
+        embedding_map=embedding_map,
+        handoff=handoff,
         manifold_model=manifold_model,
         cluster_model=cluster_model,
         n_clusters=n_clusters,
@@ -101,6 +110,30 @@ def run_stages(z, res: Resolution, backend: Backend, timings: dict[str, float]) 
         embedding=np.asarray(backend.to_numpy(emb), dtype=np.float32),
         labels=np.asarray(backend.to_numpy(labels), dtype=np.int64),
     )
+
+
+def fit_learned_map(feats, emb, cluster_model, res: Resolution, backend: Backend, timings: dict[str, float]):
+    """The learned map (:mod:`mfvc_gpu.embedding_map`) trained on the codes and the manifold's coordinates; the
+    embedding becomes the map's output and the clusterer is refitted on it from where it stands, so the fitted
+    images and new ones are placed and labelled by the same function. (map, embedding, clusterer, labels)."""
+    import torch
+
+    from .embedding_map import apply_map, fit_map
+
+    t0 = time.perf_counter()
+    device = torch.device(res.placement.device)
+    embedding_map, record = fit_map(feats, emb, res.seed, device)
+    log.info("learned map: %d steps, RMSE %.3f of the coordinates' spread", record["steps"], record["relative_rmse"])
+    interrupts.check()
+    mapped = backend.handoff(apply_map(embedding_map, feats, device))
+    if not backend.all_finite(mapped):
+        raise MFVCError(
+            "the learned map gave NaN or infinite coordinates; use out_of_sample='umap' (--out-of-sample umap)"
+        )
+    cluster_model, labels = backend.refine_cluster(cluster_model, mapped, res.seed)
+    timings["map"] = time.perf_counter() - t0
+    interrupts.check()
+    return embedding_map, mapped, cluster_model, labels
 
 
 def check_result(fitted: Fitted) -> None:
@@ -128,23 +161,4 @@ def check_result(fitted: Fitted) -> None:
         )
 
 
-def row_index(reference: np.ndarray, rows: np.ndarray, rtol: float = 1e-4) -> np.ndarray:
-    """For each row of ``rows``, the index of the row of ``reference`` it equals, or -1.
-
-    "Equals" allows float noise: the encoder's kernels differ with the batch size, so the same
-    image encoded in another batch differs in the last bits. A row matches its nearest reference
-    row when every coordinate is within ``rtol`` × the spread of the reference codes.
-    """
-    from sklearn.neighbors import NearestNeighbors
-
-    reference = np.ascontiguousarray(reference, dtype=np.float32)
-    rows = np.ascontiguousarray(rows, dtype=np.float32)
-    if rows.ndim != 2 or rows.shape[1] != reference.shape[1] or len(reference) == 0 or len(rows) == 0:
-        return np.full(len(rows), -1, dtype=np.int64)
-    nearest = NearestNeighbors(n_neighbors=1).fit(reference).kneighbors(rows, return_distance=False)[:, 0]
-    atol = rtol * max(1.0, float(reference.std()))
-    hit = np.abs(reference[nearest] - rows).max(axis=1) <= atol
-    return np.where(hit, nearest, -1).astype(np.int64)
-
-
-__all__ = ["Fitted", "encode_codes", "run_stages", "check_result", "row_index"]
+__all__ = ["Fitted", "encode_codes", "run_stages", "fit_learned_map", "check_result"]

@@ -2,7 +2,9 @@
 
 The model folder is the ``model/`` of a run (or anything :meth:`mfvc_gpu.MFVC.save` wrote).
 Images the model was trained on get exactly the labels and coordinates of the run; new ones go
-through the encoder, UMAP's ``transform`` and the saved K-Means centres. Every file is written
+through the encoder, the learned map (or UMAP's ``transform``, for a model fitted with ``--out-of-sample umap``)
+and the saved
+K-Means centres or mixture, in streamed chunks. Every file is written
 atomically and an existing one is replaced only with ``overwrite``.
 """
 
@@ -66,6 +68,7 @@ def run_predict(
     bad_images: str = "error",
     device: str = "auto",
     backend: str = "auto",
+    progress: bool = False,
     overwrite: bool = False,
     embedding_flag: str = "--embedding",
 ) -> dict:
@@ -87,7 +90,7 @@ def run_predict(
     outputs = {"--out": out, embedding_flag: embedding} if out is not None else {embedding_flag: embedding}
     check_outputs(outputs, {k: v for k, v in inputs.items() if v.exists()}, overwrite, coords=embedding_flag)
     t0 = time.perf_counter()
-    est = MFVC.load(model, device=device, backend=backend)
+    est = MFVC.load(model, device=device, backend=backend).set_params(progress=progress)
     ds = load_dataset(dataset, split, data_dir, pixel_max=pixel_max, bad_images=bad_images)
     interrupts.check()  # safe points: a signal stops the command here, never inside a library
     emb, labels = est.transform_predict(ds.images)

@@ -181,6 +181,12 @@ def write_report(
     parts = [f"<h1>{html.escape(title)}</h1>"]
     keys = [k for k in ("acc", "nmi", "purity", "ari") if k in metrics]
     rows = [[k.upper(), f"{metrics[k]:.4f}"] for k in keys]
+    fs = metrics.get("fit_sample")
+    if fs:  # fitted on a sample, the rest labelled through the learned map
+        rows += [[f"{k.upper()} of the {fs['n_samples']} fitted images", f"{fs[k]:.4f}"] for k in keys if k in fs]
+        rows.append(
+            ["images fitted / labelled after the fit", f"{fs['n_samples']} / {metrics['n_samples'] - fs['n_samples']}"]
+        )
     rows += [[k, metrics[k]] for k in ("n_samples", "n_clusters", "profile", "device", "backend") if k in metrics]
     rows += [[f"seconds: {k}", f"{v:.1f}"] for k, v in metrics.get("timings", {}).items()]
     parts += ["<h2>Metrics</h2>", _table(["", "value"], rows)]

@@ -46,6 +46,12 @@ class Resolution:
     params: Mapping[str, Any] = field(repr=False)
 
 
+def has_map(manifold: ManifoldConfig, cluster: ClusterConfig) -> bool:
+    """Whether a fit with these stage configs trains the learned map: ``out_of_sample='map'`` with a manifold
+    stage and a clusterer that labels new points (DBSCAN does not)."""
+    return manifold.out_of_sample == "map" and manifold.method != "none" and cluster.method != "dbscan"
+
+
 def check_params(params: Mapping[str, Any]) -> dict[str, Any]:
     """Every estimator parameter (the table's default where absent) checked against the table; unknown
     names are refused. Returns the full mapping."""
@@ -73,6 +79,11 @@ def check_params(params: Mapping[str, Any]) -> dict[str, Any]:
             full[p.name] = p.check(value)
     if full["n_clusters"] is None:
         raise MFVCError("n_clusters=None: give the number of clusters, or 'auto'")
+    if full["fit_sample"] is not None and full["cluster"] == "dbscan":
+        raise MFVCError(
+            "fit_sample labels the images outside the sample with the fitted clusterer, and DBSCAN labels no new "
+            "points; use cluster='kmeans' or 'gmm', or leave out fit_sample"
+        )
     if full["n_clusters"] == "auto" and full["cluster"] not in (None, "kmeans"):
         raise MFVCError(f"n_clusters='auto' chooses K for K-Means; cluster={full['cluster']!r} needs a number")
     return full
@@ -116,6 +127,11 @@ def check(params: Mapping[str, Any], n_samples: int | None = None, dask: bool = 
 
 def _dask_only(params: Mapping[str, Any]) -> None:
     """What the Dask path cannot do, refused before any work."""
+    if params["fit_sample"] is not None:
+        raise MFVCError(
+            "fit_sample: the Dask path fits UMAP on its own sample (sample_size) and labels every row itself; "
+            "leave out fit_sample (--fit-sample) there"
+        )
     if params["n_clusters"] == "auto":
         raise MFVCError(
             "n_clusters='auto': the Dask path needs a number of clusters; choose one (a run without Dask "
@@ -174,4 +190,14 @@ def resolve(
     )
 
 
-__all__ = ["Resolution", "resolve", "check", "check_params", "check_sizes", "seed_of", "AUTO_COMPONENTS", "DEFAULTS"]
+__all__ = [
+    "Resolution",
+    "resolve",
+    "has_map",
+    "check",
+    "check_params",
+    "check_sizes",
+    "seed_of",
+    "AUTO_COMPONENTS",
+    "DEFAULTS",
+]

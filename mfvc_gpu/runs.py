@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import csv
 import io
 import logging
 import os
@@ -32,12 +31,22 @@ from .train import numerics
 log = logging.getLogger(__name__)
 
 
-def write_labels_csv(path: Path, labels: np.ndarray, truth: np.ndarray | None) -> None:
+def write_labels_csv(
+    path: Path, labels: np.ndarray, truth: np.ndarray | None, sample: np.ndarray | None = None
+) -> None:
+    """index, cluster, [label], [in_sample: 1 for the rows a ``fit_sample`` run fitted on, 0 for those it labelled]."""
+    columns = [np.arange(len(labels)), np.asarray(labels, dtype=np.int64)]
+    header = ["index", "cluster"]
+    if truth is not None:
+        columns.append(np.asarray(truth, dtype=np.int64))
+        header.append("label")
+    if sample is not None:
+        flag = np.zeros(len(labels), dtype=np.int64)
+        flag[sample] = 1
+        columns.append(flag)
+        header.append("in_sample")
     buf = io.StringIO()
-    w = csv.writer(buf)
-    w.writerow(["index", "cluster"] + (["label"] if truth is not None else []))
-    for i, c in enumerate(labels):
-        w.writerow([i, int(c)] + ([int(truth[i])] if truth is not None else []))
+    np.savetxt(buf, np.column_stack(columns), fmt="%d", delimiter=",", header=",".join(header), comments="")
     write_text(path, buf.getvalue())
 
 
@@ -147,13 +156,16 @@ def _run_images(
             t_load,
             scores=evaluate(ds.labels, est.labels_) if ds.labels is not None else {},
         )
+        if est.sample_ is not None:  # the scores of the rows the stages were fitted on, beside those of all
+            fitted = evaluate(ds.labels[est.sample_], est.labels_[est.sample_]) if ds.labels is not None else {}
+            metrics["fit_sample"] = dict(fitted, n_samples=len(est.sample_))
         if est.k_search_ is not None:
             metrics["k_search"] = {k: v for k, v in est.k_search_.to_dict().items() if k != "scores"}
         if dask_cluster is not None:
             metrics["distributed"] = est.distributed_
         cfg.to_yaml(work / "config.yaml")
         write_json(work / "metrics.json", metrics)
-        write_labels_csv(work / "labels.csv", est.labels_, ds.labels)
+        write_labels_csv(work / "labels.csv", est.labels_, ds.labels, est.sample_)
         title = f"{ds.name}: {len(ds)} images, {est.n_clusters_} clusters" + (
             f", ACC {metrics['acc']:.3f}" if "acc" in metrics else ""
         )

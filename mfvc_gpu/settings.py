@@ -71,6 +71,9 @@ class ManifoldConfig(Settings):
     min_dist : how tightly UMAP packs points; 0 gives the dense clumps K-Means likes
     n_components : output dimension; None: n_clusters (paper)
     metric : distance in the manifold's input space; None: the profile's (paper: euclidean, fast: cosine)
+    out_of_sample : how new images are placed in the manifold's space: 'map' (a small network trained on the fitted
+        coordinates: one forward pass, on the device) or 'umap' (the manifold's own transform: a neighbour search
+        and an optimisation per call)
     knn : cuML UMAP's kNN build: 'brute' (zero-copy) or 'nn-descent' (copies to host memory)
     """
 
@@ -80,6 +83,7 @@ class ManifoldConfig(Settings):
     min_dist: float = 0.0
     n_components: int | None = None
     metric: str
+    out_of_sample: str = "map"
     knn: str = "brute"
 
 
@@ -143,6 +147,9 @@ class RunFields(Settings):
     min_dist : how tightly UMAP packs points; 0 gives the dense clumps K-Means likes
     n_components : output dimension; None: n_clusters (paper)
     metric : distance in the manifold's input space; None: the profile's (paper: euclidean, fast: cosine)
+    out_of_sample : how new images are placed in the manifold's space: 'map' (a small network trained on the fitted
+        coordinates: one forward pass, on the device) or 'umap' (the manifold's own transform: a neighbour search
+        and an optimisation per call)
     knn : cuML UMAP's kNN build: 'brute' (zero-copy) or 'nn-descent' (copies to host memory)
     cluster : 'kmeans', 'gmm' (a Gaussian mixture, full covariances) or 'dbscan'; None: the profile's (paper:
         kmeans, fast: gmm), kmeans with manifold='none', n_clusters='auto' and on the Dask path
@@ -156,6 +163,8 @@ class RunFields(Settings):
         blocks before UMAP), 'rmm' (PyTorch allocates from RMM, cuML's pool), 'keep' (neither)
     random_state : seeds the network, the data order, UMAP and the clustering (the estimator also takes None or a
         RandomState)
+    fit_sample : fit the network, the manifold, the map and the clusterer on this many images drawn with the seed,
+        then label the others as predict does (the map, in streamed chunks); None: fit on all
     """
 
     table: ClassVar[str] = "config"
@@ -186,6 +195,7 @@ class RunFields(Settings):
     min_dist: float = 0.0
     n_components: int | None = None
     metric: str | None = None
+    out_of_sample: str = "map"
     knn: str = "brute"
     cluster: str | None = None
     n_init: int = 10
@@ -195,6 +205,7 @@ class RunFields(Settings):
     backend: str = "auto"
     gpu_memory: str = "release"
     random_state: int | None = 0
+    fit_sample: int | None = None
 
 
 class EstimatorParams:
@@ -232,6 +243,9 @@ class EstimatorParams:
     min_dist : how tightly UMAP packs points; 0 gives the dense clumps K-Means likes
     n_components : output dimension; None: n_clusters (paper)
     metric : distance in the manifold's input space; None: the profile's (paper: euclidean, fast: cosine)
+    out_of_sample : how new images are placed in the manifold's space: 'map' (a small network trained on the fitted
+        coordinates: one forward pass, on the device) or 'umap' (the manifold's own transform: a neighbour search
+        and an optimisation per call)
     knn : cuML UMAP's kNN build: 'brute' (zero-copy) or 'nn-descent' (copies to host memory)
     cluster : 'kmeans', 'gmm' (a Gaussian mixture, full covariances) or 'dbscan'; None: the profile's (paper:
         kmeans, fast: gmm), kmeans with manifold='none', n_clusters='auto' and on the Dask path
@@ -245,6 +259,8 @@ class EstimatorParams:
         blocks before UMAP), 'rmm' (PyTorch allocates from RMM, cuML's pool), 'keep' (neither)
     random_state : seeds the network, the data order, UMAP and the clustering (the estimator also takes None or a
         RandomState)
+    fit_sample : fit the network, the manifold, the map and the clusterer on this many images drawn with the seed,
+        then label the others as predict does (the map, in streamed chunks); None: fit on all
     checkpoint : write a training checkpoint there after every epoch
     resume : continue training from the checkpoint
     progress : show a progress bar while training
@@ -276,6 +292,7 @@ class EstimatorParams:
         min_dist: float = 0.0,
         n_components: int | None = None,
         metric: str | None = None,
+        out_of_sample: str = "map",
         knn: str = "brute",
         cluster: str | None = None,
         n_init: int = 10,
@@ -285,6 +302,7 @@ class EstimatorParams:
         backend: str = "auto",
         gpu_memory: str = "release",
         random_state: int | None = 0,
+        fit_sample: int | None = None,
         checkpoint: str | None = None,
         resume: bool = False,
         progress: bool = True,
@@ -312,6 +330,7 @@ class EstimatorParams:
         self.min_dist = min_dist
         self.n_components = n_components
         self.metric = metric
+        self.out_of_sample = out_of_sample
         self.knn = knn
         self.cluster = cluster
         self.n_init = n_init
@@ -321,6 +340,7 @@ class EstimatorParams:
         self.backend = backend
         self.gpu_memory = gpu_memory
         self.random_state = random_state
+        self.fit_sample = fit_sample
         self.checkpoint = checkpoint
         self.resume = resume
         self.progress = progress

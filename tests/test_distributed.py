@@ -31,8 +31,8 @@ from mfvc_gpu.models import BetaVAE, VAEConfig  # noqa: E402
 
 N = 2000
 PIXELS = dict(
-    n_clusters=10, encoder="none", metric="euclidean", random_state=0, progress=False
-)  # the Dask mechanics on raw pixels
+    n_clusters=10, encoder="none", metric="euclidean", random_state=0, progress=False, out_of_sample="umap"
+)  # the Dask mechanics on raw pixels, with UMAP's own transform (the learned map: test_the_learned_map_...)
 WORKER = re.compile(r"tcp://127\.0\.0\.1:\d+")
 
 
@@ -97,6 +97,22 @@ def test_umap_fits_a_sample_and_both_workers_transform_the_rest(client, mnist, s
     assert np.isfinite(est.embedding_).all() and est.embedding_.shape == (N, 10)
     # fitted on 3/4 of the rows: close to the single-process run, not identical
     assert abs(cluster_acc(y, est.labels_) - cluster_acc(y, single.labels_)) <= 0.05
+
+
+@pytest.mark.timeout(600)
+def test_the_learned_map_places_every_row_on_the_workers(client, mnist):
+    """out_of_sample='map': UMAP on a sample on one worker, the map trained on it, every partition through the map
+    on both workers; the ACC stays near the single-process run with the map, and predict uses the map."""
+    x, y = mnist
+    params = dict(PIXELS, out_of_sample="map")
+    single = MFVC(**params, cluster="kmeans").fit(x)
+    est = fit_distributed(MFVC(**params), x, client, sample_size=1500)
+    d = est.distributed_
+    assert "umap_transform" not in d["stages"] and {"map_fit", "map_transform"} <= set(est.timings_)
+    assert set(d["stages"]["map_transform"]["workers"]) == set(d["workers"])
+    assert est.embedding_map_ is not None and np.isfinite(est.embedding_).all()
+    assert abs(cluster_acc(y, est.labels_) - cluster_acc(y, single.labels_)) <= 0.05
+    np.testing.assert_array_equal(est.predict(x[:300]), est.labels_[:300])  # training rows keep their labels
 
 
 def test_the_network_encodes_on_the_workers(client, mnist, writers):

@@ -110,7 +110,11 @@ def test_a_grouped_config_is_used_by_the_run_and_recorded(tmp_path, digits, caps
     conf = tmp_path / "in.yaml"
     conf.write_text(
         yaml.safe_dump(
-            {"encoder": "none", "manifold": {"metric": "cosine", "n_neighbors": 10}, "cluster": {"n_init": 1}}
+            {
+                "encoder": "none",
+                "manifold": {"metric": "cosine", "n_neighbors": 10, "out_of_sample": "umap"},
+                "cluster": {"n_init": 1},
+            }
         )
     )
     out = tmp_path / "run"
@@ -119,8 +123,8 @@ def test_a_grouped_config_is_used_by_the_run_and_recorded(tmp_path, digits, caps
     assert (ran["metric"], ran["n_init"], ran["n_neighbors"]) == ("cosine", 1, 10)
     model = json.loads((out / "model" / "model.json").read_text())
     assert model["manifold"]["metric"] == "cosine" and model["cluster"]["n_init"] == 1
-    est = MFVC.load(out / "model")
-    est._embed(est.latent_[:1] + 1.0)  # a new point: the manifold is rebuilt from the saved settings
+    est = MFVC.load(out / "model")  # fitted with UMAP's own transform: rebuilt from the saved settings
+    est.transform(est.latent_[:1] + 1.0)  # a new point (feature vectors: encoder='none')
     assert est.manifold_model_.metric == "cosine"
 
 

@@ -55,7 +55,7 @@ def test_fit_sets_the_fitted_state(fitted, digits):
     assert est.latent_.shape == (400, 8)
     assert (est.backend_, est.device_, est.profile_) == ("cpu", "cpu", "fast")  # unmarked tests are pinned to the CPU
     assert est.train_config_.epochs == 2 and est.seed_ == 0
-    stages = ("train", "encode", "handoff", "manifold", "cluster")
+    stages = ("train", "encode", "handoff", "manifold", "cluster", "map")
     assert set(est.timings_) == {*stages, "total"} and est.timings_["train"] > 0 and est.timings_["manifold"] > 0
     assert est.timings_["total"] >= sum(est.timings_[s] for s in stages)
     assert len(est.history_) == 2
@@ -105,7 +105,7 @@ def test_transform_and_predict_new_images(fitted, digits):
     pred = fitted.predict(digits.images[:400])
     np.testing.assert_array_equal(pred, fitted.labels_)  # the training images keep the labels of the fit
     np.testing.assert_array_equal(fitted.transform(digits.images[:400]), fitted.embedding_)
-    new = fitted.predict(digits.images[400:600])  # never seen: encoder → UMAP transform → the mixture
+    new = fitted.predict(digits.images[400:600])  # never seen: encoder → the learned map → the mixture
     assert new.shape == (200,) and cluster_acc(digits.labels[400:600], new) > 0.3
 
 

@@ -300,7 +300,7 @@ def test_cuml_dbscan_and_kmeans_predict(mnist_test_latent):
     np.testing.assert_array_equal(est.predict(z[:2000]), est.labels_)  # a CUDA tensor in: the training rows' labels
     import cupy
 
-    new = est.predict(cupy.asarray(z[2000:3000]))  # a CuPy array in: UMAP transform + K-Means predict on the GPU
+    new = est.predict(cupy.asarray(z[2000:3000]))  # a CuPy array in: the learned map + K-Means in torch on the GPU
     assert new.shape == (1000,) and set(new) <= set(range(10))
     db = MFVC(n_clusters=10, cluster="dbscan", eps=0.5, device="cuda", backend="rapids").fit_features(z[:2000])
     assert db.labels_.shape == (2000,) and len(set(db.labels_) - {-1}) >= 2

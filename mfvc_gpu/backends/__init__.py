@@ -151,6 +151,10 @@ class Backend(Protocol):
     def fit_cluster(self, u: Any, cfg: Any, n_clusters: int, seed: int) -> tuple[Any, Any]:
         """Cluster the embedding; (model, labels)."""
 
+    def refine_cluster(self, model: Any, u: Any, seed: int) -> tuple[Any, Any]:
+        """A fitted K-Means or mixture refitted on ``u`` (the same points' new coordinates) from where it
+        stands, one restart; (model, labels)."""
+
     def predict_cluster(self, model: Any, u: Any) -> Any:
         """Labels of new points under a fitted clusterer."""
 

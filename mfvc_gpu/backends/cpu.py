@@ -100,6 +100,39 @@ class CPUBackend:
             ) from exc
         return model, np.asarray(labels, dtype=np.int64)
 
+    def refine_cluster(self, model, u: np.ndarray, seed: int):
+        """``model`` (scikit-learn's K-Means or mixture) refitted on ``u`` from its own centres, or weights,
+        means and precisions, with one restart: the same clusters, fitted to the points' new coordinates."""
+        if hasattr(model, "cluster_centers_"):
+            from sklearn.cluster import KMeans
+
+            c = np.asarray(model.cluster_centers_, dtype=np.float32)
+            refined = KMeans(n_clusters=len(c), init=c, n_init=1, random_state=seed)
+        elif hasattr(model, "means_"):
+            from sklearn.mixture import GaussianMixture
+
+            chol = model.precisions_cholesky_
+            refined = GaussianMixture(
+                n_components=len(model.means_),
+                covariance_type=model.covariance_type,
+                weights_init=model.weights_,
+                means_init=model.means_,
+                precisions_init=chol @ chol.transpose(0, 2, 1),
+                n_init=1,
+                random_state=seed,
+            )
+            u = np.asarray(u, dtype=np.float64)
+        else:
+            raise MFVCError(f"{type(model).__name__} cannot be refitted from its state; use cluster='kmeans' or 'gmm'")
+        try:
+            labels = refined.fit_predict(u)
+        except ValueError as exc:
+            raise MFVCError(
+                f"the clusterer could not be refitted to the learned map's coordinates: {str(exc).split('.')[0]}; "
+                "use out_of_sample='umap' (--out-of-sample umap)"
+            ) from exc
+        return refined, np.asarray(labels, dtype=np.int64)
+
     def kmeans_from_centres(self, centres, seed: int):
         """A fitted scikit-learn ``KMeans`` whose centres are exactly ``centres`` (for ``predict``):
         one Lloyd step on the centres themselves leaves every centre where it is."""

@@ -296,6 +296,20 @@ class RapidsBackend:
         self._labels_exist()
         return model, labels
 
+    def refine_cluster(self, model, u, seed: int):
+        """cuML K-Means refitted on ``u`` from its own centres (one restart); a mixture on the CPU (cuML has none)."""
+        if isinstance(model, OnHost):
+            return self._on_cpu("cluster", "gmm", u, lambda cpu, h: cpu.refine_cluster(model.model, h, seed))
+        if not hasattr(model, "cluster_centers_"):
+            raise MFVCError(f"{type(model).__name__} cannot be refitted from its state; use cluster='kmeans' or 'gmm'")
+        cupy = interop.import_cupy()
+        with self._device(), self._traced("cluster"):
+            c = cupy.ascontiguousarray(cupy.asarray(model.cluster_centers_, dtype=cupy.float32))
+            refined = import_cuml().KMeans(n_clusters=len(c), init=c, n_init=1, random_state=seed, output_type="cupy")
+            labels = cupy.asarray(refined.fit_predict(u)).astype(cupy.int64)
+        self._labels_exist()
+        return refined, labels
+
     def kmeans_from_centres(self, centres, seed: int):
         """A fitted cuML ``KMeans`` whose centres are exactly ``centres`` (one Lloyd step on the
         centres themselves leaves every centre where it is)."""

@@ -25,6 +25,7 @@ from mfvc_gpu.errors import MFVCError
 from mfvc_gpu.fileio import check_writable_dir
 from mfvc_gpu.runfolder import missing_ancestors, remove_empty
 
+from .predict_stage import predict_ratios
 from .report import machine_info, markdown, markdown_table, plot, summarize, write_atomic, write_csv, write_json
 from .stages import STAGES, Bench, Settings, check_stages, probe_gpu
 from .timing import run_cases
@@ -39,6 +40,7 @@ PRESETS = {
         image_sizes=(500,),
         datasets=("mnist",),
         train_subset=256,
+        predict_fit=2000,
         variant_size=5000,
         umap_cpu_max_n=None,
         epochs=1,
@@ -52,6 +54,7 @@ PRESETS = {
         encode_sizes=(1_000_000,),
         datasets=("mnist", "fashion-mnist"),
         train_subset=None,
+        predict_fit=20_000,
         variant_size=70_000,
         umap_cpu_max_n=100_000,
         epochs=2,
@@ -114,6 +117,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         type=int,
         help="largest n for CPU UMAP, CPU end_to_end and --encode-sizes CPU rows (default quick: none, full: 100000)",
     )
+    p.add_argument(
+        "--predict-fit", type=int, help="images the predict stage's model is fitted on (default quick 2000, full 20000)"
+    )
     p.add_argument("--train-subset", type=int, help="images per timed training epoch (default quick 256, full: all)")
     p.add_argument("--train-step-batches", help="batch sizes of the train_step race (default quick 64, full 64,256)")
     p.add_argument(
@@ -140,6 +146,7 @@ def settings_from_args(a: argparse.Namespace) -> tuple[str, Settings]:
         ("--epochs", a.epochs),
         ("--cpu-max-n", a.cpu_max_n),
         ("--train-subset", a.train_subset),
+        ("--predict-fit", a.predict_fit),
         ("--train-step-rounds", a.train_step_rounds),
         ("--train-step-steps", a.train_step_steps),
     ):
@@ -162,6 +169,7 @@ def settings_from_args(a: argparse.Namespace) -> tuple[str, Settings]:
         ("epochs", a.epochs),
         ("umap_cpu_max_n", a.cpu_max_n),
         ("train_subset", a.train_subset),
+        ("predict_fit", a.predict_fit),
         ("train_step_rounds", a.train_step_rounds),
         ("train_step_steps", a.train_step_steps),
     ):
@@ -230,7 +238,7 @@ def _run(a: argparse.Namespace, preset: str, settings: Settings, out: Path) -> i
         f"median and min; GPU work synchronised before every clock read; whole run {wall:.0f} s wall."
     )
     write_csv(rows, out / "bench.csv")
-    write_atomic(out / "bench.md", markdown(summary, machine, command, protocol, ratios(rows)))
+    write_atomic(out / "bench.md", markdown(summary, machine, command, protocol, ratios(rows) + predict_ratios(rows)))
     plot(summary, out / "bench.png")
     errors = [r for r in rows if r.get("status") == "error"]
     write_json(
@@ -255,6 +263,7 @@ def _run(a: argparse.Namespace, preset: str, settings: Settings, out: Path) -> i
     lines = [
         markdown_table(summary),
         *ratios(rows),
+        *predict_ratios(rows),
         f"{len(rows)} rows in {wall:.0f} s; wrote {out / 'bench.csv'}, {out / 'bench.md'}, {out / 'bench.png'}, "
         f"{out / 'machine.json'}",
     ]

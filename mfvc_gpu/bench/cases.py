@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-STAGES = ("load", "train", "train_step", "encode", "handoff", "umap", "kmeans", "metrics", "end_to_end")
+STAGES = ("load", "train", "train_step", "encode", "handoff", "umap", "kmeans", "metrics", "predict", "end_to_end")
 N_CLUSTERS = 10
 LATENT_DIM = 32
 IMAGE_FEATURES = 32 * 32
@@ -102,6 +102,7 @@ class Settings:
     datasets: tuple[str, ...] = ("mnist",)  # end_to_end runs on each; the others on the first
     data_dir: str | None = None
     train_subset: int | None = 1000  # at most this many images per training epoch
+    predict_fit: int = 2000  # the predict stage's model is fitted on this many training images
     variant_size: int | None = 2000  # the size at which non-default settings run (closest of sizes)
     umap_cpu_max_n: int | None = None  # above this, CPU UMAP, CPU end_to_end and large CPU encode rows are skipped
     epochs: int = 1  # end_to_end training epochs

@@ -51,6 +51,9 @@ COLUMNS = [
     "gpu_max_alloc_mb",
     "gpu_used_mb",
     "warmup_s",
+    "encode_s",
+    "place_s",
+    "cluster_s",
     "note",
 ]
 GROUP = ("stage", "dataset", "n_samples", "n_features", "backend", "device", "library", "variant", "baseline")

@@ -9,6 +9,8 @@ Stages and their data:
 * ``umap``, ``kmeans``: synthetic latents (10 Gaussian blobs in 32-D) and synthetic UMAP-like
   embeddings (10 blobs in 10-D), so the sizes can go past the real sets (scaling curve to 1M);
 * ``metrics``: ACC / NMI / purity / ARI of n labels;
+* ``predict``: new images labelled by a fitted model, the learned map against UMAP's ``transform``
+  (:mod:`mfvc_gpu.bench.predict_stage`);
 * ``end_to_end``: ``MFVC.fit`` on real images, with its ACC / NMI.
 
 The CPU default of each stage is what the pipeline runs (``baseline=True``); other CPU settings
@@ -39,6 +41,7 @@ from .cases import (  # noqa: F401 - the names the benchmark's callers use
     synthetic_blobs,
     trust,
 )
+from .predict_stage import PredictStage
 from .torch_stages import GpuData, TorchStages
 
 
@@ -70,7 +73,7 @@ def check_stages(stages: tuple[str, ...]) -> None:
         )
 
 
-class Bench(TorchStages):
+class Bench(TorchStages, PredictStage):
     """Builds the cases of the requested stages; data is loaded and generated once and shared."""
 
     def __init__(self, settings: Settings, gpu: GpuSupport) -> None:

@@ -39,6 +39,7 @@ class DaskResult:
     device: str  # where the workers ran the stages: cuda or cpu
     note: str
     record: dict  # becomes est.distributed_
+    embedding_map: Any = None  # the learned map (out_of_sample='map'), trained on the UMAP sample
 
 
 class DaskJob:
@@ -80,7 +81,8 @@ class DaskJob:
     def run(
         self, res, images: np.ndarray, model, sample_size: int, partition_rows: int | None, batch_size: int
     ) -> DaskResult:
-        """Scatter, encode, UMAP (fit on a sample, transform the rest), K-Means, gather."""
+        """Scatter, encode, UMAP (fit on a sample; the rest through the learned map, or UMAP's transform with
+        ``out_of_sample='umap'``), K-Means, gather."""
         self.res, self.images, self.timings = res, images, {}
         if not self.gpu:
             require("dask_ml.cluster", "the Dask path on CPU workers", DASK_HINT)
@@ -92,14 +94,20 @@ class DaskJob:
         enc_futs, Z = self.encode(model, weights, parts, batch_size)
         k = res.n_components
         m = min(n, sample_size)
-        fit_worker = None
+        fit_worker = embedding_map = None
         umap = res.manifold.method == "umap"
+        mapped = umap and res.manifold.out_of_sample == "map"
         if umap:
             fitted = self.run_stage("umap_fit", lambda: self.umap_fit(Z, m, k))
             manifold_model = fitted[2]
             fit_worker = list(client.who_has([fitted[0]]).get(fitted[0].key, ()))
-            U = self.run_stage("umap_transform", lambda: self.umap_transform(Z, fitted, k))
             sample_points = fitted[3]
+            if mapped:  # every row, the sample's too, through the map: one function places them all
+                embedding_map = self.run_stage("map_fit", lambda: self.map_fit(Z, fitted))
+                U = self.run_stage("map_transform", lambda: self.map_transform(Z, embedding_map, k))
+                sample_points = to_numpy(U[fitted[1]].compute())
+            else:
+                U = self.run_stage("umap_transform", lambda: self.umap_transform(Z, fitted, k))
         else:
             manifold_model, U = None, Z
             idx = np.sort(np.random.default_rng(res.seed).choice(n, m, replace=False)) if m < n else np.arange(n)
@@ -117,6 +125,7 @@ class DaskJob:
             labels=np.asarray(labels, dtype=np.int64),
             manifold_model=manifold_model,
             cluster_model=cluster_model,
+            embedding_map=embedding_map,
             device=self.device,
             timings=self.timings,
             handoff=self.handoff_record(),
@@ -273,6 +282,31 @@ class DaskJob:
         settle(futures_of(U))
         return U
 
+    def map_fit(self, Z, fitted):
+        """The learned map, trained on this process's training device from the UMAP sample's codes to their
+        coordinates."""
+        import torch
+
+        from ..embedding_map import fit_map
+
+        _, idx, _, embedding = fitted
+        codes = self.client.compute(Z[idx], sync=True)
+        embedding_map, record = fit_map(codes, embedding, self.res.seed, torch.device(self.res.train_device))
+        log.info("learned map on the %d-row sample: RMSE %.3f of the spread", len(idx), record["relative_rmse"])
+        return embedding_map
+
+    def map_transform(self, Z, embedding_map, k: int):
+        """Every partition through the learned map on its worker's device. Persisted on the workers."""
+        from distributed import futures_of
+
+        client = self.client
+        state = {name: t.detach().cpu().numpy() for name, t in embedding_map.state_dict().items()}
+        state_fut = client.scatter([state], broadcast=True, hash=False)[0]  # one future, not one per tensor
+        U = Z.map_blocks(tasks.map_block, state_fut, dtype=np.float32, chunks=(Z.chunks[0], (k,)), meta=Z._meta)
+        U = client.persist(U)
+        settle(futures_of(U))
+        return U
+
     def kmeans(self, U, sample_points):
         """Distributed K-Means, seeded with scikit-learn's K-Means (``n_init`` restarts) on the sample.
 
@@ -341,6 +375,7 @@ class DaskJob:
                 "umap_transform": "cuml.dask.manifold.UMAP(model=...)"
                 if gpu
                 else "dask.array.map_blocks(umap.UMAP.transform)",
+                "map_transform": "dask.array.map_blocks(EmbeddingMap) in torch on each worker's device",
                 "kmeans": "cuml.dask.cluster.KMeans" if gpu else "dask_ml.cluster.KMeans",
             },
             **stages,

@@ -167,6 +167,27 @@ def transform_block(
     return out
 
 
+@on_worker("map_transform")
+def map_block(block, state: dict):
+    """One partition (NumPy or CuPy) through the learned map (``state``: its state dict as arrays) on the
+    partition's device."""
+    from ..embedding_map import EmbeddingMap, as_tensor
+
+    _one_thread()
+    device = torch.device("cuda", torch.cuda.current_device()) if hasattr(block, "__cuda_array_interface__") else None
+    device = device or torch.device("cpu")
+    m = EmbeddingMap.from_state({k: torch.from_numpy(np.asarray(v)) for k, v in state.items()}).to(device)
+    with torch.inference_mode():
+        out = m(as_tensor(block, device)).contiguous()
+    if device.type == "cuda":
+        import cupy
+
+        out = cupy.from_dlpack(out.clone())
+    else:
+        out = out.numpy().copy()
+    return out
+
+
 @on_worker("umap_transform")
 def keep_sample_rows(block, sample_rows: np.ndarray, sample_embedding, block_info=None):
     """A transformed partition (NumPy or CuPy) with the sample's rows put back where the fit placed them."""
