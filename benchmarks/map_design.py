@@ -61,7 +61,7 @@ def main(argv=None) -> int:
     )
     print("|---:|---:|---|---|")
     for steps in (int(s) for s in a.steps.split(",")):
-        embedding_map.STEPS = steps
+        embedding_map.STEPS = embedding_map.MIN_STEPS = steps  # exactly this many
         m, record = embedding_map.fit_map(z, emb, a.seed, device)
         u, ut = (embedding_map.apply_map(m, x, device) for x in (z, zt))
         fixed = embedding_map.TorchClusterer(state, device)

@@ -22,7 +22,9 @@ from torch import nn
 from .errors import MFVCError
 
 HIDDEN = 256  # width of the two hidden layers
-STEPS = 2500  # Adam steps on random batches, whatever the number of codes
+STEPS = 2500  # Adam steps on random batches: 64 passes over the codes, at least MIN_STEPS, at most STEPS
+MIN_STEPS = 300
+EPOCHS = 64
 BATCH = 256
 LR = 3e-3  # cosine-annealed to zero
 
@@ -81,10 +83,11 @@ def fit_map(z, embedding, seed: int, device: torch.device) -> tuple[EmbeddingMap
     m.e_mean.copy_(e.mean(0))
     m.e_scale.copy_(e.std(0).clamp_min(1e-6))
     target = (e - m.e_mean) / m.e_scale
+    steps = min(STEPS, max(MIN_STEPS, EPOCHS * math.ceil(len(z) / BATCH)))
     opt = torch.optim.Adam(m.parameters(), lr=LR)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, STEPS)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
     m.train()
-    for _ in range(STEPS):
+    for _ in range(steps):
         idx = torch.randint(0, len(z), (BATCH,), generator=gen, device=device)
         loss = nn.functional.mse_loss(m.net((z[idx] - m.z_mean) / m.z_scale), target[idx])
         opt.zero_grad(set_to_none=True)
@@ -96,7 +99,7 @@ def fit_map(z, embedding, seed: int, device: torch.device) -> tuple[EmbeddingMap
     rel = float(err.pow(2).mean().sqrt() / e.std(0).mean())
     if not math.isfinite(rel):
         raise MFVCError("the learned map did not converge (NaN loss); use out_of_sample='umap' (--out-of-sample umap)")
-    return m, dict(seconds=time.perf_counter() - t0, steps=STEPS, relative_rmse=rel)
+    return m, dict(seconds=time.perf_counter() - t0, steps=steps, relative_rmse=rel)
 
 
 def apply_map(m: EmbeddingMap, z, device: torch.device, chunk: int = 65_536) -> torch.Tensor:

@@ -284,11 +284,11 @@ class MFVC(EstimatorParams, ClusterMixin, TransformerMixin, BaseEstimator):
                 return clusterer(u)
 
             emb_map = self.embedding_map_
-            place = (lambda z: z) if method == "none" else (lambda z: emb_map(z))  # noqa: E731
+            embed = (lambda z: z) if method == "none" else (lambda z: emb_map(z))  # noqa: E731
             chunk = CHUNK
         else:
 
-            def place(z):
+            def embed(z):
                 manifold = self._manifold()
                 interrupts.check()  # a safe point between a refit and the transform
                 return b.transform_manifold(manifold, b.handoff(z))
@@ -296,7 +296,7 @@ class MFVC(EstimatorParams, ClusterMixin, TransformerMixin, BaseEstimator):
             cluster = lambda u: b.predict_cluster(self.cluster_model_, u)  # noqa: E731
             chunk = None  # the manifold's transform of one batch: its result depends on the batch
         matcher = RowMatcher(self.latent_, device) if match else None
-        return Labeller(to_codes, place, cluster, self.embedding_, self.labels_, matcher, chunk)
+        return Labeller(to_codes, embed, cluster, self.embedding_, self.labels_, matcher, chunk)
 
     def _manifold(self):
         """The fitted manifold model; after ``load``, refitted on the saved codes (the sample's, with ``fit_sample``)

@@ -61,11 +61,11 @@ class RowMatcher:
 @dataclass
 class Labeller:
     """A fitted model's way from images to labels. ``codes``: images (a uint8 chunk) → codes on the device;
-    ``place``: codes → coordinates; ``cluster``: coordinates → labels (tensors on the device, or arrays the
+    ``embed``: codes → coordinates; ``cluster``: coordinates → labels (tensors on the device, or arrays the
     backend returns for the manifold's ``transform``). ``embedding`` / ``labels``: the training rows'."""
 
     codes: Callable[[np.ndarray], torch.Tensor]
-    place: Callable[[torch.Tensor], Any]
+    embed: Callable[[torch.Tensor], Any]
     cluster: Callable[[Any], Any]
     embedding: np.ndarray
     labels: np.ndarray
@@ -133,7 +133,7 @@ def label(
             if emb is not None:
                 emb[rows[known]] = lab.embedding[hit_host[known]]
             if bool(new.any()):
-                u = lab.place(z[new] if int(new.sum()) < len(z) else z)
+                u = lab.embed(z[new] if int(new.sum()) < len(z) else z)
                 out_labels[~known] = _host(lab.cluster(u))
                 if emb is not None:
                     emb[rows[~known]] = _host(u)

@@ -159,7 +159,7 @@ def test_a_run_records_the_metric_and_clusterer_it_used():
     est = MFVC(encoder="none", n_clusters=3, device="cpu", backend="cpu", n_neighbors=10, random_state=0).fit(Z)
     ran = est.resolved_params()
     assert (ran["profile"], ran["metric"], ran["cluster"]) == ("fast", "cosine", "gmm")
-    assert type(est.cluster_model_).__name__ == "GaussianMixture" and est.cluster_model_.n_init == 10
+    assert type(est.cluster_model_).__name__ == "GaussianMixture" and est.cluster_config_.n_init == 10
     assert MFVC(**ran).get_params()["cluster"] == "gmm"  # fed back, it reproduces the fit's choice
 
 

@@ -111,12 +111,13 @@ def test_transform_and_predict_new_images(fitted, digits):
 
 def test_save_load_round_trip_without_pickle(fitted, digits, tmp_path):
     path = fitted.save(tmp_path / "model")
-    assert sorted(p.name for p in path.iterdir()) == ["arrays.npz", "model.json", "weights.pt"]
+    assert sorted(p.name for p in path.iterdir()) == ["arrays.npz", "map.pt", "model.json", "weights.pt"]
     meta = json.loads((path / "model.json").read_text())
     assert meta["params"]["n_clusters"] == 10 and meta["backend"] == "cpu"
-    # weights load with weights_only=True: no code objects inside
-    state = torch.load(path / "weights.pt", weights_only=True)
-    assert all(isinstance(v, torch.Tensor) for v in state.values())
+    # weights and the map load with weights_only=True: no code objects inside
+    for name in ("weights.pt", "map.pt"):
+        state = torch.load(path / name, weights_only=True)
+        assert all(isinstance(v, torch.Tensor) for v in state.values())
     loaded = MFVC.load(path, device="cpu")
     np.testing.assert_array_equal(loaded.labels_, fitted.labels_)
     x = unit_float(torch.from_numpy(digits.images[:5]))

@@ -3,8 +3,8 @@ UMAP's own ``transform``, in one run on the same images.
 
 A model is fitted once (untimed) on the first ``predict_fit`` images of the data set's training split
 (``epochs`` of training: the timings do not depend on how well it is trained). Each timed call labels new
-images (the test split, repeated to n where n is larger) by encoder → place → clusterer and records the
-seconds of each step: ``encode_s``, ``place_s`` (the map's forward pass, or UMAP's ``transform``) and
+images (the test split, repeated to n where n is larger) by encoder → embed → clusterer and records the
+seconds of each step: ``encode_s``, ``embed_s`` (the map's forward pass, or UMAP's ``transform``) and
 ``cluster_s``. The map is the pipeline's default (``baseline``); UMAP's transform is the other setting.
 Rows past the data set's size (``encode_sizes``, e.g. 1M) time the map only, streamed as ``predict`` streams
 it, with the peak memory of the process.
@@ -53,7 +53,7 @@ class PredictStage:
             models = self._predict_model(device)
             lab = models[out_of_sample].labeller(match=False)
             lab.codes = models["map"].labeller(match=False).codes  # the network (the UMAP model took its codes)
-            steps = dict(encode_s=0.0, place_s=0.0, cluster_s=0.0)
+            steps = dict(encode_s=0.0, embed_s=0.0, cluster_s=0.0)
 
             def timed(key, fn):
                 def call(arg):
@@ -65,9 +65,9 @@ class PredictStage:
 
                 return call
 
-            lab.codes, lab.place, lab.cluster = (
+            lab.codes, lab.embed, lab.cluster = (
                 timed("encode_s", lab.codes),
-                timed("place_s", lab.place),
+                timed("embed_s", lab.embed),
                 timed("cluster_s", lab.cluster),
             )
             label(lab, x, embedding=False)
@@ -127,7 +127,7 @@ class PredictStage:
 
 def predict_ratios(rows: list[dict]) -> list[str]:
     """Per size and device: the share of each step, and how much faster the map is than UMAP's transform
-    (the place step alone, and the whole call), from the medians of one run."""
+    (the embed step alone, and the whole call), from the medians of one run."""
     import statistics
 
     out = []
@@ -148,20 +148,20 @@ def predict_ratios(rows: list[dict]) -> list[str]:
             if rs:
                 med[variant] = {
                     k: statistics.median(float(r[k]) for r in rs)
-                    for k in ("seconds", "encode_s", "place_s", "cluster_s")
+                    for k in ("seconds", "encode_s", "embed_s", "cluster_s")
                 }
         parts = []
         for variant, m in med.items():
             shares = ", ".join(
                 f"{k[:-2]} {m[k]:.3g} s ({100 * m[k] / m['seconds']:.0f} %)"
-                for k in ("encode_s", "place_s", "cluster_s")
+                for k in ("encode_s", "embed_s", "cluster_s")
             )
             parts.append(f"{variant}: {m['seconds']:.3g} s, {n / m['seconds']:.0f} images/s ({shares})")
         line = f"predict {device} n={n}: " + "; ".join(parts)
         if len(med) == 2:
             a, b = med["learned map"], med["UMAP transform"]
             line += (
-                f". The map step is {b['place_s'] / a['place_s']:.0f}× faster than UMAP's transform; the whole "
+                f". The map step is {b['embed_s'] / a['embed_s']:.0f}× faster than UMAP's transform; the whole "
                 f"predict {b['seconds'] / a['seconds']:.1f}× faster"
             )
         out.append(line + ".")

@@ -52,7 +52,7 @@ COLUMNS = [
     "gpu_used_mb",
     "warmup_s",
     "encode_s",
-    "place_s",
+    "embed_s",
     "cluster_s",
     "note",
 ]
