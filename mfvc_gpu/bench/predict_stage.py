@@ -78,8 +78,6 @@ class PredictStage:
     def _predict(self):
         from mfvc_gpu.data import load_dataset
 
-        from .timing import peak_rss_mb
-
         name = self.s.datasets[0]
         try:  # the new images: the test split (never the fitted training images), repeated past its size
             ds = load_dataset(name, split="test", data_dir=self.s.data_dir)
@@ -92,7 +90,7 @@ class PredictStage:
         fit_note = f"fitted on the first {self.s.predict_fit} training images, {self.s.epochs} epoch(s)"
 
         def steps_score(out, seconds, n):
-            return dict(out, images_per_s=n / seconds, peak_rss_mb=peak_rss_mb())
+            return dict(out, images_per_s=n / seconds)
 
         sizes = [(n, False) for n in self.s.image_sizes] + [(n, True) for n in self.s.encode_sizes]
         for n, large in sizes:
