@@ -22,9 +22,9 @@ from torch import nn
 from .errors import MFVCError
 
 HIDDEN = 256  # width of the two hidden layers
-STEPS = 2500  # Adam steps on random batches: 64 passes over the codes, at least MIN_STEPS, at most STEPS
+STEPS = 2500  # Adam steps on random batches: 256 passes over the codes, at least MIN_STEPS, at most STEPS
 MIN_STEPS = 300
-EPOCHS = 64
+EPOCHS = 256
 BATCH = 256
 LR = 3e-3  # cosine-annealed to zero
 
@@ -79,7 +79,8 @@ def fit_map(z, embedding, seed: int, device: torch.device) -> tuple[EmbeddingMap
         m = EmbeddingMap(z.shape[1], e.shape[1]).to(device)
     gen = torch.Generator(device=device).manual_seed(seed)
     m.z_mean.copy_(z.mean(0))
-    m.z_scale.copy_(z.std(0).clamp_min(1e-6))
+    spread = z.std(0)  # floored at a tenth of the mean: a column (nearly) constant in the fitted codes (a pixel
+    m.z_scale.copy_(spread.clamp_min(0.1 * float(spread.mean()) + 1e-12))  # never lit there) cannot blow up
     m.e_mean.copy_(e.mean(0))
     m.e_scale.copy_(e.std(0).clamp_min(1e-6))
     target = (e - m.e_mean) / m.e_scale

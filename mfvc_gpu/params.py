@@ -198,9 +198,10 @@ PARAMS: tuple[Param, ...] = (
     P("n_components", int, None, "manifold", "output dimension; None: n_clusters (paper)", low=1, optional=True),
     P("metric", str, None, "manifold", "distance in the manifold's input space; None: the profile's (paper: "
       "euclidean, fast: cosine)", choices=("euclidean", "cosine", "manhattan", "correlation"), optional=True),
-    P("out_of_sample", str, "map", "manifold", "how new images are placed in the manifold's space: 'map' (a small "
+    P("out_of_sample", str, "auto", "manifold", "how new images are placed in the manifold's space: 'map' (a small "
       "network trained on the fitted coordinates: one forward pass, on the device) or 'umap' (the manifold's own "
-      "transform: a neighbour search and an optimisation per call)", choices=("map", "umap")),
+      "transform: a neighbour search and an optimisation per call); 'auto': map in one process, umap on the Dask "
+      "path (where it measured better, docs/BENCHMARKS.md)", choices=("auto", "map", "umap")),
     P("knn", str, "brute", "manifold", "cuML UMAP's kNN build: 'brute' (zero-copy) or 'nn-descent' "
       "(copies to host memory)", choices=("brute", "nn-descent")),
     # the clustering stage

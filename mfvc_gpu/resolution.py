@@ -173,6 +173,8 @@ def resolve(
     kmeans_only = workers is not None or full["manifold"] == "none" or full["n_clusters"] == "auto"
     own = PROFILES[profile] | ({"cluster": "kmeans"} if kmeans_only else {})
     merged = {k: own[k] if v is None and k in own else v for k, v in full.items()}
+    if merged["out_of_sample"] == "auto":  # measured: the map in one process, UMAP's transform on the Dask path
+        merged["out_of_sample"] = "umap" if workers is not None else "map"
     stages = {s: cls(**{p.field_name: merged[p.name] for p in stage_params(s)}) for s, cls in _CLASSES.items()}
     auto = merged["n_clusters"] == "auto"
     n_components = merged["n_components"] or (AUTO_COMPONENTS if auto else merged["n_clusters"])

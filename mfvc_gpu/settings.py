@@ -73,7 +73,8 @@ class ManifoldConfig(Settings):
     metric : distance in the manifold's input space; None: the profile's (paper: euclidean, fast: cosine)
     out_of_sample : how new images are placed in the manifold's space: 'map' (a small network trained on the fitted
         coordinates: one forward pass, on the device) or 'umap' (the manifold's own transform: a neighbour search
-        and an optimisation per call)
+        and an optimisation per call); 'auto': map in one process, umap on the Dask path (where it measured better,
+        docs/BENCHMARKS.md)
     knn : cuML UMAP's kNN build: 'brute' (zero-copy) or 'nn-descent' (copies to host memory)
     """
 
@@ -83,7 +84,7 @@ class ManifoldConfig(Settings):
     min_dist: float = 0.0
     n_components: int | None = None
     metric: str
-    out_of_sample: str = "map"
+    out_of_sample: str = "auto"
     knn: str = "brute"
 
 
@@ -149,7 +150,8 @@ class RunFields(Settings):
     metric : distance in the manifold's input space; None: the profile's (paper: euclidean, fast: cosine)
     out_of_sample : how new images are placed in the manifold's space: 'map' (a small network trained on the fitted
         coordinates: one forward pass, on the device) or 'umap' (the manifold's own transform: a neighbour search
-        and an optimisation per call)
+        and an optimisation per call); 'auto': map in one process, umap on the Dask path (where it measured better,
+        docs/BENCHMARKS.md)
     knn : cuML UMAP's kNN build: 'brute' (zero-copy) or 'nn-descent' (copies to host memory)
     cluster : 'kmeans', 'gmm' (a Gaussian mixture, full covariances) or 'dbscan'; None: the profile's (paper:
         kmeans, fast: gmm), kmeans with manifold='none', n_clusters='auto' and on the Dask path
@@ -195,7 +197,7 @@ class RunFields(Settings):
     min_dist: float = 0.0
     n_components: int | None = None
     metric: str | None = None
-    out_of_sample: str = "map"
+    out_of_sample: str = "auto"
     knn: str = "brute"
     cluster: str | None = None
     n_init: int = 10
@@ -245,7 +247,8 @@ class EstimatorParams:
     metric : distance in the manifold's input space; None: the profile's (paper: euclidean, fast: cosine)
     out_of_sample : how new images are placed in the manifold's space: 'map' (a small network trained on the fitted
         coordinates: one forward pass, on the device) or 'umap' (the manifold's own transform: a neighbour search
-        and an optimisation per call)
+        and an optimisation per call); 'auto': map in one process, umap on the Dask path (where it measured better,
+        docs/BENCHMARKS.md)
     knn : cuML UMAP's kNN build: 'brute' (zero-copy) or 'nn-descent' (copies to host memory)
     cluster : 'kmeans', 'gmm' (a Gaussian mixture, full covariances) or 'dbscan'; None: the profile's (paper:
         kmeans, fast: gmm), kmeans with manifold='none', n_clusters='auto' and on the Dask path
@@ -292,7 +295,7 @@ class EstimatorParams:
         min_dist: float = 0.0,
         n_components: int | None = None,
         metric: str | None = None,
-        out_of_sample: str = "map",
+        out_of_sample: str = "auto",
         knn: str = "brute",
         cluster: str | None = None,
         n_init: int = 10,
