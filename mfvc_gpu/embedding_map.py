@@ -5,8 +5,8 @@ After the manifold is fitted, :func:`fit_map` trains :class:`EmbeddingMap` by re
 coordinates (mean squared error, codes and coordinates standardised), on the device the encoder runs on.
 The run's embedding is then the map's output and the clusterer is refitted on it
 (:func:`mfvc_gpu.pipeline.fit_learned_map`), so fitted and new images go through the same function.
-Its size and training were chosen by measurement (docs/BENCHMARKS.md, "The learned map"). The
-clusterer that labels the mapped points runs in torch too (:class:`TorchClusterer`: the saved K-Means
+Its size and training were chosen by measurement (docs/BENCHMARKS.md, "Labelling new images: the learned
+map"). The clusterer that labels the mapped points runs in torch too (:class:`TorchClusterer`: the saved K-Means
 centres or the Gaussian mixture), so on a GPU nothing reaches the host before the labels.
 """
 
