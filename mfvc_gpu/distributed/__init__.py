@@ -12,7 +12,9 @@ What runs where (``fit_distributed``)
 * umap_fit: UMAP on a random sample of at most ``sample_size`` codes, on one worker.
 * umap_transform: every partition through that model, in parallel: ``cuml.dask.manifold.UMAP
   (model=...)`` on GPUs, ``map_blocks`` over umap-learn's ``transform`` (in batches) on CPUs.
-  The sample's own rows keep the coordinates the fit gave them.
+  The sample's own rows keep the coordinates the fit gave them. With ``out_of_sample='map'`` instead:
+  map_fit (the learned map trained on the sample, on the client) and map_transform (every row through
+  the map on its worker's device); ``'auto'`` (the default) is UMAP's transform here.
 * kmeans: ``cuml.dask.cluster.KMeans`` on GPUs, ``dask_ml.cluster.KMeans`` on CPUs: Lloyd's
   iterations over every row on the workers, started from scikit-learn's K-Means (``n_init``
   restarts) on the sample's embedding, so the restarts cost ``sample_size`` rows, not all of them.

@@ -81,8 +81,8 @@ class DaskJob:
     def run(
         self, res, images: np.ndarray, model, sample_size: int, partition_rows: int | None, batch_size: int
     ) -> DaskResult:
-        """Scatter, encode, UMAP (fit on a sample; the rest through the learned map, or UMAP's transform with
-        ``out_of_sample='umap'``), K-Means, gather."""
+        """Scatter, encode, UMAP (fit on a sample; the rest through UMAP's transform, or every row through the
+        learned map with ``out_of_sample='map'``), K-Means, gather."""
         self.res, self.images, self.timings = res, images, {}
         if not self.gpu:
             require("dask_ml.cluster", "the Dask path on CPU workers", DASK_HINT)
