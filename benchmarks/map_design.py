@@ -62,8 +62,8 @@ def main(argv=None) -> int:
     print("|---:|---:|---|---|")
     for steps in (int(s) for s in a.steps.split(",")):
         embedding_map.STEPS = embedding_map.MIN_STEPS = steps  # exactly this many
-        m, record = embedding_map.fit_map(z, emb, a.seed, device)
-        u, ut = (embedding_map.apply_map(m, x, device) for x in (z, zt))
+        m, u, record = embedding_map.fit_map(z, emb, a.seed, device)
+        ut = embedding_map.apply_map(m, zt, device)
         fixed = embedding_map.TorchClusterer(state, device)
         agree = float((fixed(u).numpy() == est.labels_).mean())
         acc_fixed = evaluate(test.labels, fixed(ut).numpy())["acc"]

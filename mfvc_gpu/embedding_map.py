@@ -67,11 +67,11 @@ def as_tensor(a, device: torch.device) -> torch.Tensor:
     return t.to(device=device, dtype=torch.float32)
 
 
-def fit_map(z, embedding, seed: int, device: torch.device) -> tuple[EmbeddingMap, dict]:
+def fit_map(z, embedding, seed: int, device: torch.device) -> tuple[EmbeddingMap, torch.Tensor, dict]:
     """Train a map from codes ``z`` (N, D) to the fitted coordinates ``embedding`` (N, C) on ``device``.
 
-    Returns the map (in eval mode) and a record: seconds, steps, and the root-mean-square error on the
-    training codes as a share of the coordinates' spread."""
+    Returns the map (in eval mode), its output on ``z`` (N, C, on ``device``) and a record: seconds, steps,
+    and the root-mean-square error on the training codes as a share of the coordinates' spread."""
     t0 = time.perf_counter()
     z, e = as_tensor(z, device), as_tensor(embedding, device)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
@@ -96,11 +96,11 @@ def fit_map(z, embedding, seed: int, device: torch.device) -> tuple[EmbeddingMap
         opt.step()
         sched.step()
     m.eval()
-    err = apply_map(m, z, device) - e
-    rel = float(err.pow(2).mean().sqrt() / e.std(0).mean())
+    mapped = apply_map(m, z, device)
+    rel = float((mapped - e).pow(2).mean().sqrt() / e.std(0).mean())
     if not math.isfinite(rel):
         raise MFVCError("the learned map did not converge (NaN loss); use out_of_sample='umap' (--out-of-sample umap)")
-    return m, dict(seconds=time.perf_counter() - t0, steps=steps, relative_rmse=rel)
+    return m, mapped, dict(seconds=time.perf_counter() - t0, steps=steps, relative_rmse=rel)
 
 
 def apply_map(m: EmbeddingMap, z, device: torch.device, chunk: int = 65_536) -> torch.Tensor:

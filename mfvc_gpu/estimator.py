@@ -283,8 +283,7 @@ class MFVC(EstimatorParams, ClusterMixin, TransformerMixin, BaseEstimator):
                 clusterer = clusterer or TorchClusterer(state, device)  # DBSCAN refuses only when a new point comes
                 return clusterer(u)
 
-            emb_map = self.embedding_map_
-            embed = (lambda z: z) if method == "none" else (lambda z: emb_map(z))  # noqa: E731
+            embed = self.embedding_map_ if self.embedding_map_ is not None else (lambda z: z)  # manifold 'none'
             chunk = CHUNK
         else:
 

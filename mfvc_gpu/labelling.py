@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from . import interrupts
+from .backends.interop import is_cupy
 
 CHUNK = 16_384  # images per chunk: 16 MiB of 32×32 uint8, 2 MiB of codes
 
@@ -85,9 +86,10 @@ class Labelled:
 
 
 def _host(a) -> np.ndarray:
+    """A NumPy copy of a tensor, a CuPy array (the manifold's transform on cuML) or an array."""
     if isinstance(a, torch.Tensor):
         return a.detach().cpu().numpy()
-    return a.get() if hasattr(a, "get") else np.asarray(a)
+    return a.get() if is_cupy(a) else np.asarray(a)
 
 
 def label(
@@ -124,20 +126,18 @@ def label(
                 if codes is None:
                     codes = np.zeros((n, z.shape[1]), dtype=np.float32)
                 codes[rows] = _host(z)
-            hit = lab.matcher(z) if lab.matcher is not None else torch.full((len(z),), -1, device=z.device)
-            new = hit < 0
+            hit = _host(lab.matcher(z)) if lab.matcher is not None else np.full(len(z), -1, dtype=np.int64)
+            known = hit >= 0
             out_labels = np.empty(len(rows), dtype=np.int64)
-            hit_host = _host(hit)
-            known = hit_host >= 0
-            out_labels[known] = lab.labels[hit_host[known]]
+            out_labels[known] = lab.labels[hit[known]]
             if emb is not None:
-                emb[rows[known]] = lab.embedding[hit_host[known]]
-            if bool(new.any()):
-                u = lab.embed(z[new] if int(new.sum()) < len(z) else z)
+                emb[rows[known]] = lab.embedding[hit[known]]
+            if not known.all():
+                u = lab.embed(z[torch.from_numpy(~known).to(z.device)] if known.any() else z)
                 out_labels[~known] = _host(lab.cluster(u))
                 if emb is not None:
                     emb[rows[~known]] = _host(u)
-            labels[rows], seen[rows] = out_labels, hit_host
+            labels[rows], seen[rows] = out_labels, hit
             bar.update(min(chunk, n - i))
     return Labelled(labels, emb, codes, seen)
 

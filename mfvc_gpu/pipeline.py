@@ -118,14 +118,14 @@ def fit_learned_map(feats, emb, cluster_model, res: Resolution, backend: Backend
     images and new ones are placed and labelled by the same function. (map, embedding, clusterer, labels)."""
     import torch
 
-    from .embedding_map import apply_map, fit_map
+    from .embedding_map import fit_map
 
     t0 = time.perf_counter()
     device = torch.device(res.placement.device)
-    embedding_map, record = fit_map(feats, emb, res.seed, device)
+    embedding_map, mapped, record = fit_map(feats, emb, res.seed, device)
     log.info("learned map: %d steps, RMSE %.3f of the coordinates' spread", record["steps"], record["relative_rmse"])
     interrupts.check()
-    mapped = backend.handoff(apply_map(embedding_map, feats, device))
+    mapped = backend.handoff(mapped)
     if not backend.all_finite(mapped):
         raise MFVCError(
             "the learned map gave NaN or infinite coordinates; use out_of_sample='umap' (--out-of-sample umap)"

@@ -15,6 +15,7 @@ import numpy as np
 from .. import backends
 from ..errors import MFVCError
 from ..optional import DASK_HINT, require
+from ..resolution import has_map
 from . import tasks
 from .connect import connect, disconnect, import_distributed
 from .runner import StageRunner, settle, to_numpy
@@ -96,7 +97,7 @@ class DaskJob:
         m = min(n, sample_size)
         fit_worker = embedding_map = None
         umap = res.manifold.method == "umap"
-        mapped = umap and res.manifold.out_of_sample == "map"
+        mapped = has_map(res.manifold, res.cluster)  # the one rule (the Dask path runs UMAP or none, K-Means)
         if umap:
             fitted = self.run_stage("umap_fit", lambda: self.umap_fit(Z, m, k))
             manifold_model = fitted[2]
@@ -291,7 +292,7 @@ class DaskJob:
 
         _, idx, _, embedding = fitted
         codes = self.client.compute(Z[idx], sync=True)
-        embedding_map, record = fit_map(codes, embedding, self.res.seed, torch.device(self.res.train_device))
+        embedding_map, _, record = fit_map(codes, embedding, self.res.seed, torch.device(self.res.train_device))
         log.info("learned map on the %d-row sample: RMSE %.3f of the spread", len(idx), record["relative_rmse"])
         return embedding_map
 
