@@ -167,7 +167,7 @@ def training_figures(data_dir: str | None, budget_s: float) -> dict:
         hist = train_vae(
             BetaVAE(VAEConfig()),
             x,
-            TrainConfig(epochs=200, batch_size=64, lr=0.005, compile=compile_mode),
+            TrainConfig(epochs=200, batch_size=64, augment=0.0, lr=0.005, compile=compile_mode),
             torch.device("cuda"),
             0,
             progress=False,

@@ -34,8 +34,8 @@ STAGES = ("data", "network", "train", "manifold", "cluster", "placement", "run")
 # then K-Means. "fast" is the CPU profile: the same training for 30 epochs, then UMAP on cosine
 # distances and a Gaussian mixture (how it was chosen: docs/RESULTS.md, "Search of the defaults").
 PROFILES: dict[str, dict[str, Any]] = {
-    "paper": {"epochs": 200, "batch_size": 64, "lr": 0.005, "metric": "euclidean", "cluster": "kmeans"},
-    "fast": {"epochs": 30, "batch_size": 64, "lr": 0.005, "metric": "cosine", "cluster": "gmm"},
+    "paper": {"epochs": 200, "batch_size": 64, "lr": 0.005, "augment": 0.0, "metric": "euclidean", "cluster": "kmeans"},
+    "fast": {"epochs": 30, "batch_size": 64, "lr": 0.005, "augment": 0.0, "metric": "cosine", "cluster": "gmm"},
 }
 
 
@@ -187,7 +187,11 @@ PARAMS: tuple[Param, ...] = (
     P("amp", bool, True, "train", "bfloat16 autocast for the network where the device computes bfloat16 natively "
       "(CUDA; CPUs with AVX512-BF16 or AMX); the loss stays float32; ignored elsewhere"),
     P("compile", str, "auto", "train", "torch.compile the training step ('on' with CUDA graphs on a GPU); "
-      "'auto': on where it measured faster (docs/BENCHMARKS.md)", choices=("auto", "on", "off")),
+      "'auto': on where the run is long enough to repay the compilation (docs/BENCHMARKS.md)",
+      choices=("auto", "on", "off")),
+    P("augment", float, None, "train", "strength of the random affine views training sees (each image shifted by up "
+      "to this fraction of its side, turned by up to 100× it in degrees, scaled within 1 ± it); 0: the images as "
+      "they are; encoding never augments; None: the profile's (paper: 0)", low=0.0, high=0.5, optional=True),
     # the manifold stage
     P("manifold", str, "umap", "manifold", "'umap' (paper), 'isomap' (ablation) or 'none' (cluster the codes)",
       choices=("umap", "isomap", "none"), field="method"),

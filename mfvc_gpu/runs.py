@@ -69,7 +69,7 @@ def run_metrics(est, dataset: str, n_samples: int, n_clusters: int, t_load: floa
     if est.history_:
         metrics["final_loss"] = est.history_[-1]["loss"]
         metrics["training"] = dict(
-            numerics(est.train_config_, est.device_),
+            numerics(est.train_config_, est.device_, n_samples if est.sample_ is None else len(est.sample_)),
             images_per_s=float(np.median([h["images_per_s"] for h in est.history_])),
         )
     return metrics

@@ -49,8 +49,11 @@ class TrainConfig(Settings):
     weight_decay : AdamW weight decay
     amp : bfloat16 autocast for the network where the device computes bfloat16 natively (CUDA; CPUs with AVX512-BF16
         or AMX); the loss stays float32; ignored elsewhere
-    compile : torch.compile the training step ('on' with CUDA graphs on a GPU); 'auto': on where it measured faster
-        (docs/BENCHMARKS.md)
+    compile : torch.compile the training step ('on' with CUDA graphs on a GPU); 'auto': on where the run is long
+        enough to repay the compilation (docs/BENCHMARKS.md)
+    augment : strength of the random affine views training sees (each image shifted by up to this fraction of its
+        side, turned by up to 100× it in degrees, scaled within 1 ± it); 0: the images as they are; encoding never
+        augments; None: the profile's (paper: 0)
     """
 
     table: ClassVar[str] = "train"
@@ -60,6 +63,7 @@ class TrainConfig(Settings):
     weight_decay: float = 0.01
     amp: bool = True
     compile: str = "auto"
+    augment: float
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -141,8 +145,11 @@ class RunFields(Settings):
     weight_decay : AdamW weight decay
     amp : bfloat16 autocast for the network where the device computes bfloat16 natively (CUDA; CPUs with AVX512-BF16
         or AMX); the loss stays float32; ignored elsewhere
-    compile : torch.compile the training step ('on' with CUDA graphs on a GPU); 'auto': on where it measured faster
-        (docs/BENCHMARKS.md)
+    compile : torch.compile the training step ('on' with CUDA graphs on a GPU); 'auto': on where the run is long
+        enough to repay the compilation (docs/BENCHMARKS.md)
+    augment : strength of the random affine views training sees (each image shifted by up to this fraction of its
+        side, turned by up to 100× it in degrees, scaled within 1 ± it); 0: the images as they are; encoding never
+        augments; None: the profile's (paper: 0)
     manifold : 'umap' (paper), 'isomap' (ablation) or 'none' (cluster the codes)
     n_neighbors : UMAP/Isomap neighbourhood; larger favours global structure (paper: 27)
     min_dist : how tightly UMAP packs points; 0 gives the dense clumps K-Means likes
@@ -192,6 +199,7 @@ class RunFields(Settings):
     weight_decay: float = 0.01
     amp: bool = True
     compile: str = "auto"
+    augment: float | None = None
     manifold: str = "umap"
     n_neighbors: int = 27
     min_dist: float = 0.0
@@ -238,8 +246,11 @@ class EstimatorParams:
     weight_decay : AdamW weight decay
     amp : bfloat16 autocast for the network where the device computes bfloat16 natively (CUDA; CPUs with AVX512-BF16
         or AMX); the loss stays float32; ignored elsewhere
-    compile : torch.compile the training step ('on' with CUDA graphs on a GPU); 'auto': on where it measured faster
-        (docs/BENCHMARKS.md)
+    compile : torch.compile the training step ('on' with CUDA graphs on a GPU); 'auto': on where the run is long
+        enough to repay the compilation (docs/BENCHMARKS.md)
+    augment : strength of the random affine views training sees (each image shifted by up to this fraction of its
+        side, turned by up to 100× it in degrees, scaled within 1 ± it); 0: the images as they are; encoding never
+        augments; None: the profile's (paper: 0)
     manifold : 'umap' (paper), 'isomap' (ablation) or 'none' (cluster the codes)
     n_neighbors : UMAP/Isomap neighbourhood; larger favours global structure (paper: 27)
     min_dist : how tightly UMAP packs points; 0 gives the dense clumps K-Means likes
@@ -290,6 +301,7 @@ class EstimatorParams:
         weight_decay: float = 0.01,
         amp: bool = True,
         compile: str = "auto",
+        augment: float | None = None,
         manifold: str = "umap",
         n_neighbors: int = 27,
         min_dist: float = 0.0,
@@ -328,6 +340,7 @@ class EstimatorParams:
         self.weight_decay = weight_decay
         self.amp = amp
         self.compile = compile
+        self.augment = augment
         self.manifold = manifold
         self.n_neighbors = n_neighbors
         self.min_dist = min_dist

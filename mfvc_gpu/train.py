@@ -11,7 +11,8 @@ What keeps it fast on both devices:
 * AdamW's fused kernel where the device has one, ``foreach`` otherwise;
 * ``amp``: bfloat16 autocast of the network where the device computes bfloat16 natively (CUDA;
   CPUs with AVX512-BF16 or AMX), the loss in float32;
-* ``compile`` (torch.compile of the network's forward and backward; CUDA graphs on a GPU).
+* ``compile`` (torch.compile of the network's forward and backward; CUDA graphs on a GPU);
+* ``augment``: each batch is seen as random affine views (:mod:`mfvc_gpu.augment`), drawn on the device.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import numpy as np
 import torch
 
 from . import interrupts
+from .augment import affine_view
 from .data.loading import unit_float
 from .errors import MFVCError
 from .fileio import write_torch
@@ -34,10 +36,24 @@ from .settings import TrainConfig, VAEConfig
 log = logging.getLogger(__name__)
 
 
-def use_compile(setting: str, device: torch.device) -> bool:
-    """``compile`` as it applies: 'on' compiles; 'auto' compiles where it measured faster than eager,
-    which no device has yet (docs/BENCHMARKS.md, "Training step"), so it runs eager."""
+# torch.compile on the CPU (docs/BENCHMARKS.md, "Training step"): the compiled step is faster than eager
+# (batch 64), but compiling costs tens of seconds first; 'auto' compiles where the run has at least this
+# many optimiser steps, where the measured gain repays the measured compile time. On CUDA nothing has
+# been measured, so 'auto' stays eager there.
+COMPILE_BREAK_EVEN_STEPS = 3500
+
+
+def use_compile(setting: str, device: torch.device, steps: int = 0) -> bool:
+    """``compile`` as it applies to a run of ``steps`` optimiser steps on ``device``: 'on' compiles; 'auto'
+    compiles on a CPU with a C++ compiler when ``steps`` reaches :data:`COMPILE_BREAK_EVEN_STEPS`."""
+    if setting == "auto":
+        return device.type == "cpu" and steps >= COMPILE_BREAK_EVEN_STEPS and cpp_compiler() is not None
     return setting == "on"
+
+
+def planned_steps(cfg, n_images: int) -> int:
+    """The optimiser steps a run of ``cfg`` makes on ``n_images`` images (the last partial batch is dropped)."""
+    return cfg.epochs * (n_images // max(1, min(cfg.batch_size, n_images)))
 
 
 def native_bf16(device: torch.device) -> bool:
@@ -56,12 +72,14 @@ def use_amp(setting: bool, device: torch.device) -> bool:
     return bool(setting) and native_bf16(device)
 
 
-def numerics(cfg, device: torch.device | str) -> dict:
-    """How the training step runs on ``device``: its precision and whether it is compiled (for the run record)."""
+def numerics(cfg, device: torch.device | str, n_images: int) -> dict:
+    """How the training step ran on ``device`` for ``n_images`` images: its precision, whether it was compiled
+    and the strength of the augmentation (for the run record)."""
     device = torch.device(device)
     return dict(
         precision="bfloat16 autocast" if use_amp(cfg.amp, device) else "float32",
-        compiled=use_compile(cfg.compile, device),
+        compiled=use_compile(cfg.compile, device, planned_steps(cfg, n_images)),
+        augment=cfg.augment,
     )
 
 
@@ -253,9 +271,8 @@ def _train(model, images, cfg, device, seed, checkpoint, resume, progress) -> li
         history = [dict(zip(state["history_keys"], map(float, row))) for row in state["history"].tolist()]
         log.info("resumed from %s at epoch %d", checkpoint, start)
     data = torch.from_numpy(np.ascontiguousarray(images)).to(device)  # uint8 stays uint8: 1 byte a pixel
-    forward_loss = forward_loss_fn(
-        model, model.cfg.beta, use_amp(cfg.amp, device), device, use_compile(cfg.compile, device)
-    )
+    compiled = use_compile(cfg.compile, device, cfg.epochs * steps)
+    forward_loss = forward_loss_fn(model, model.cfg.beta, use_amp(cfg.amp, device), device, compiled)
     bar = tqdm(
         range(start, cfg.epochs),
         desc="train β-VAE",
@@ -271,7 +288,8 @@ def _train(model, images, cfg, device, seed, checkpoint, resume, progress) -> li
         first_bad = torch.full((), -1, dtype=torch.int64, device=device)
         for s in range(steps):
             interrupts.check()  # a safe point: Ctrl-C or SIGTERM stops here, the last epoch's checkpoint kept
-            x = unit_float(data[order[s * batch : (s + 1) * batch]]).contiguous(memory_format=fmt)
+            x = affine_view(unit_float(data[order[s * batch : (s + 1) * batch]]), cfg.augment, gen)
+            x = x.contiguous(memory_format=fmt)
             terms = training_step(opt, sched, forward_loss, x).double()
             totals += terms * batch
             first_bad = torch.where((first_bad < 0) & ~torch.isfinite(terms).all(), s, first_bad)

@@ -253,7 +253,12 @@ def test_one_training_epoch_on_cuda_with_bf16_autocast():
     first_conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
     first_conv.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
     hist = train_vae(
-        model, images, TrainConfig(epochs=1, batch_size=16, lr=0.005, amp=True), torch.device("cuda"), 0, progress=False
+        model,
+        images,
+        TrainConfig(epochs=1, batch_size=16, augment=0.0, lr=0.005, amp=True),
+        torch.device("cuda"),
+        0,
+        progress=False,
     )
     assert len(hist) == 1 and np.isfinite(hist[0]["loss"])
     assert torch.bfloat16 in seen  # autocast ran the convolutions in bf16
@@ -270,7 +275,12 @@ def mnist_test_latent(mnist_dir):
     ds = load_dataset("mnist", split="test", data_dir=mnist_dir)
     model = BetaVAE(VAEConfig())
     train_vae(
-        model, ds.images, TrainConfig(epochs=5, batch_size=256, lr=0.005), torch.device("cuda"), 0, progress=False
+        model,
+        ds.images,
+        TrainConfig(epochs=5, batch_size=256, augment=0.0, lr=0.005),
+        torch.device("cuda"),
+        0,
+        progress=False,
     )
     return encode(model, ds.images, torch.device("cuda")), ds.labels
 

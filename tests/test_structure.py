@@ -102,7 +102,7 @@ def test_a_bare_stage_config_never_means_a_profile():
     from mfvc_gpu.settings import ClusterConfig, ManifoldConfig, TrainConfig
 
     for cls, needed in (
-        (TrainConfig, {"epochs", "batch_size", "lr"}),
+        (TrainConfig, {"epochs", "batch_size", "lr", "augment"}),
         (ManifoldConfig, {"metric"}),
         (ClusterConfig, {"method"}),
     ):
@@ -111,9 +111,9 @@ def test_a_bare_stage_config_never_means_a_profile():
         with pytest.raises(TypeError, match="missing"):
             cls()
     with pytest.raises(MFVCError, match=r"TrainConfig.epochs=None: a stage config holds resolved values"):
-        TrainConfig(epochs=None, batch_size=64, lr=0.005)
+        TrainConfig(epochs=None, batch_size=64, augment=0.0, lr=0.005)
     with pytest.raises(MFVCError, match=r"lr=-1.0 is invalid: must be a number > 0"):
-        TrainConfig(epochs=1, batch_size=64, lr=-1.0)
+        TrainConfig(epochs=1, batch_size=64, augment=0.0, lr=-1.0)
 
 
 def test_the_resolution_is_frozen_and_complete():

@@ -21,7 +21,9 @@ def weights(model):
 
 def test_training_lowers_the_loss(small):
     model = BetaVAE(VAEConfig(latent_dim=8))
-    hist = train_vae(model, small, TrainConfig(epochs=3, batch_size=32, lr=0.005), CPU, seed=0, progress=False)
+    hist = train_vae(
+        model, small, TrainConfig(epochs=3, batch_size=32, augment=0.0, lr=0.005), CPU, seed=0, progress=False
+    )
     assert [h["epoch"] for h in hist] == [1, 2, 3]
     assert hist[-1]["recon"] < hist[0]["recon"]
     assert all(h["images_per_s"] > 0 for h in hist)
@@ -37,7 +39,7 @@ def twin_models(latent=4):
 
 def test_training_is_reproducible_on_cpu(small):
     a, b = twin_models()
-    cfg = TrainConfig(epochs=1, batch_size=64, lr=0.005)
+    cfg = TrainConfig(epochs=1, batch_size=64, augment=0.0, lr=0.005)
     train_vae(a, small, cfg, CPU, seed=7, progress=False)
     torch.manual_seed(999)  # train_vae must re-seed, whatever came before
     train_vae(b, small, cfg, CPU, seed=7, progress=False)
@@ -53,7 +55,7 @@ class Interrupt(Exception):
 
 def test_checkpoint_resume_gives_the_same_model(small, tmp_path, monkeypatch):
     straight, interrupted = twin_models()
-    cfg = TrainConfig(epochs=2, batch_size=64, lr=0.005)
+    cfg = TrainConfig(epochs=2, batch_size=64, augment=0.0, lr=0.005)
     train_vae(straight, small, cfg, CPU, seed=3, progress=False)
 
     orig, calls = torch.optim.AdamW.step, {"n": 0}
@@ -93,7 +95,7 @@ def test_a_checkpoint_from_other_settings_or_damaged_is_refused(small, tmp_path)
     train_vae(
         BetaVAE(VAEConfig(latent_dim=4)),
         small,
-        TrainConfig(epochs=1, batch_size=64, lr=0.005),
+        TrainConfig(epochs=1, batch_size=64, augment=0.0, lr=0.005),
         CPU,
         seed=3,
         checkpoint=ckpt,
@@ -103,7 +105,7 @@ def test_a_checkpoint_from_other_settings_or_damaged_is_refused(small, tmp_path)
         train_vae(
             BetaVAE(VAEConfig(latent_dim=4)),
             small,
-            TrainConfig(epochs=2, batch_size=32, lr=0.005),
+            TrainConfig(epochs=2, batch_size=32, augment=0.0, lr=0.005),
             CPU,
             seed=3,
             checkpoint=ckpt,
@@ -114,7 +116,7 @@ def test_a_checkpoint_from_other_settings_or_damaged_is_refused(small, tmp_path)
         train_vae(
             BetaVAE(VAEConfig(latent_dim=6)),
             small,
-            TrainConfig(epochs=1, batch_size=64, lr=0.005),
+            TrainConfig(epochs=1, batch_size=64, augment=0.0, lr=0.005),
             CPU,
             seed=3,
             checkpoint=ckpt,
@@ -126,7 +128,7 @@ def test_a_checkpoint_from_other_settings_or_damaged_is_refused(small, tmp_path)
         train_vae(
             BetaVAE(VAEConfig(latent_dim=4)),
             small,
-            TrainConfig(epochs=1, batch_size=64, lr=0.005),
+            TrainConfig(epochs=1, batch_size=64, augment=0.0, lr=0.005),
             CPU,
             seed=3,
             checkpoint=ckpt,
@@ -142,7 +144,7 @@ def test_a_diverging_loss_names_the_epoch_and_step(small):
         train_vae(
             BetaVAE(VAEConfig(latent_dim=4)),
             small,
-            TrainConfig(epochs=1, batch_size=64, lr=1e12),
+            TrainConfig(epochs=1, batch_size=64, augment=0.0, lr=1e12),
             CPU,
             seed=0,
             progress=False,
@@ -161,7 +163,7 @@ def test_every_step_has_the_same_batch_shape(small, monkeypatch):
     train_vae(
         BetaVAE(VAEConfig(latent_dim=4)),
         small[:200],
-        TrainConfig(epochs=1, batch_size=64, lr=0.005),
+        TrainConfig(epochs=1, batch_size=64, augment=0.0, lr=0.005),
         CPU,
         seed=0,
         progress=False,
@@ -180,7 +182,7 @@ def test_compiled_training_gives_the_eager_losses():
         torch.manual_seed(0)
         model = BetaVAE(VAEConfig(latent_dim=4))
         cfg = TrainConfig(
-            epochs=2, batch_size=64, lr=0.005, compile=mode, amp=False
+            epochs=2, batch_size=64, augment=0.0, lr=0.005, compile=mode, amp=False
         )  # float32: the kernels' order alone differs
         runs[mode] = [h["loss"] for h in train_vae(model, x, cfg, CPU, seed=1, progress=False)]
     np.testing.assert_allclose(runs["on"], runs["off"], rtol=1e-3)
@@ -217,7 +219,9 @@ def test_bfloat16_training_runs_in_bfloat16_and_follows_the_float32_losses():
         torch.manual_seed(0)
         model = BetaVAE(VAEConfig(latent_dim=4))
         model.register_forward_hook(lambda m, i, out, seen=seen: seen.append(out[0].dtype))
-        hist = train_vae(model, x, TrainConfig(epochs=3, batch_size=64, lr=0.005, amp=amp), CPU, seed=1, progress=False)
+        hist = train_vae(
+            model, x, TrainConfig(epochs=3, batch_size=64, augment=0.0, lr=0.005, amp=amp), CPU, seed=1, progress=False
+        )
         runs[amp] = [h["loss"] for h in hist]
         assert set(seen) == {torch.bfloat16 if amp else torch.float32}
     np.testing.assert_allclose(runs[True], runs[False], rtol=0.03)
@@ -227,6 +231,6 @@ def test_compile_without_a_cpp_compiler_is_one_clear_error(monkeypatch):
     """A slim image has no g++: torch.compile would fail deep inside inductor; the loop says what to do."""
     monkeypatch.setenv("CXX", "no-such-compiler-here")
     x = np.zeros((64, 1, 32, 32), np.uint8)
-    cfg = TrainConfig(epochs=1, batch_size=32, lr=0.005, compile="on")
+    cfg = TrainConfig(epochs=1, batch_size=32, augment=0.0, lr=0.005, compile="on")
     with pytest.raises(MFVCError, match=r"compile='on' on the CPU needs a C\+\+ compiler .*--compile off"):
         train_vae(BetaVAE(VAEConfig(latent_dim=4)), x, cfg, CPU, seed=0, progress=False)
