@@ -18,6 +18,7 @@ from .settings import ClusterConfig, ManifoldConfig, TrainConfig, VAEConfig
 
 FORMAT_VERSION = 3  # 3: map.pt and the sample
 READS = (2, 3)  # 2: models saved before the learned map (they use UMAP's transform)
+K_SEARCH_KEYS = {"criterion", "chosen", "runner_up", "seconds", "sample", "scores"}  # and "favourites", newer
 
 MAX_JSON_BYTES = 64 << 20  # model.json holds settings and a per-epoch history: far below this
 META_KEYS = (
@@ -99,7 +100,7 @@ def _check_meta(meta: dict) -> None:
         isinstance(ks, dict)
         and _is_int(ks.get("chosen"))
         and isinstance(ks.get("scores"), list)
-        and set(ks) == {"criterion", "chosen", "runner_up", "seconds", "sample", "scores"}
+        and K_SEARCH_KEYS <= set(ks) <= K_SEARCH_KEYS | {"favourites"}
     ):
         raise Bad("k_search is neither null nor a K search record")
     timings = meta["timings"]

@@ -125,20 +125,28 @@ def _curve(history: list[dict]) -> str:
 
 
 def _k_curve(search: dict) -> str:
+    from .choose_k import plot_k_search
     from .plotting import pyplot
 
-    plt = pyplot()
-    fig, ax = plt.subplots(figsize=(5.5, 3.2))
-    ks = [s["k"] for s in search["scores"]]
-    ax.plot(ks, [s["silhouette"] for s in search["scores"]], marker="o")
-    ax.axvline(search["chosen"], color="tab:red", ls="--")
-    ax.set_xlabel("K")
-    ax.set_ylabel("silhouette")
-    ax.grid(alpha=0.3)
+    fig = plot_k_search(search)
     try:
         return _png(fig)
     finally:
-        plt.close(fig)
+        pyplot().close(fig)
+
+
+def _k_text(search: dict) -> str:
+    """One paragraph: the K chosen, the runner-up, and the criteria that would have chosen otherwise."""
+    text = (
+        f"K = {search['chosen']} (runner-up {search['runner_up']}), by the {search['criterion']} "
+        f"on {search['sample']} points, in {search['seconds']:.1f} s."
+    )
+    others = {c: k for c, k in (search.get("favourites") or {}).items() if k != search["chosen"]}
+    if others:
+        text += " The criteria disagree: " + ", ".join(f"the {c} prefers K = {k}" for c, k in others.items()) + "."
+    elif search.get("favourites"):
+        text += " Every criterion prefers this K."
+    return text
 
 
 def confusion(labels: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, list[int], list[int]]:
@@ -202,9 +210,8 @@ def write_report(
     if k_search:
         parts += [
             "<h2>Number of clusters</h2>",
-            f"<p>K = {k_search['chosen']} (runner-up {k_search['runner_up']}), by the {k_search['criterion']} "
-            f"on {k_search['sample']} points, in {k_search['seconds']:.1f} s.</p>",
-            _img(_k_curve(k_search), "silhouette per K"),
+            f"<p>{html.escape(_k_text(k_search))}</p>",
+            _img(_k_curve(k_search), "every criterion per K"),
         ]
     galleries = gallery_indices(np.asarray(embedding, dtype=np.float32), labels, seed)
     parts.append("<h2>Clusters</h2>")

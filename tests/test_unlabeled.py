@@ -11,7 +11,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from mfvc_gpu.choose_k import search_k
+from mfvc_gpu.choose_k import CRITERION, ranked, search_k
 from mfvc_gpu.cli import main
 
 
@@ -58,14 +58,46 @@ def test_search_k_finds_well_separated_blobs():
     assert max(s.scores, key=lambda r: r["silhouette"])["k"] == 6
 
 
+def test_every_criterion_is_scored_and_a_seed_gives_the_same_k():
+    from sklearn.datasets import make_blobs
+
+    from mfvc_gpu.choose_k import CRITERIA
+
+    x, _ = make_blobs(n_samples=1200, centers=5, n_features=4, cluster_std=0.6, random_state=7)
+    a, b = (search_k(x, (2, 9), seed=4, sample=800) for _ in range(2))
+    assert a.scores == b.scores and (a.chosen, a.runner_up, a.favourites) == (b.chosen, b.runner_up, b.favourites)
+    assert set(a.favourites) == set(CRITERIA) and all(set(CRITERIA) <= set(r) for r in a.scores)
+    for c, sign in CRITERIA.items():  # each favourite is that criterion's best K
+        assert a.favourites[c] == max(a.scores, key=lambda r, c=c, sign=sign: sign * r[c])["k"]
+    assert a.favourites["bic"] == a.favourites["icl"] == 5 and a.chosen == 5
+    assert all(r["icl"] >= r["bic"] for r in a.scores)  # ICL adds a non-negative entropy term
+    other = search_k(x, (2, 9), seed=4, sample=800, criterion="stability")
+    assert other.criterion == "stability" and other.chosen == other.favourites["stability"]
+    with pytest.raises(ValueError, match="criterion='gap'"):
+        search_k(x, (2, 9), criterion="gap")
+
+
+def test_the_report_says_where_the_criteria_disagree():
+    from mfvc_gpu.report import _k_text
+
+    base = dict(chosen=10, runner_up=9, criterion="silhouette", sample=5000, seconds=3.0)
+    text = _k_text(base | dict(favourites=dict(silhouette=10, bic=14, icl=10, stability=2)))
+    assert "The criteria disagree: the bic prefers K = 14, the stability prefers K = 2." in text
+    assert "Every criterion prefers this K." in _k_text(base | dict(favourites=dict(silhouette=10, icl=10)))
+    assert "disagree" not in _k_text(base)  # a search saved before the other criteria: nothing to compare
+
+
 def test_a_folder_without_labels_gets_k_chosen_and_a_report(auto_run):
     m = json.loads((auto_run / "metrics.json").read_text())
     assert "acc" not in m  # nothing to score against
     ks = m["k_search"]
-    assert ks["criterion"] == "silhouette" and 2 <= ks["chosen"] <= 30 and ks["chosen"] == m["n_clusters"]
+    assert ks["criterion"] == CRITERION and 2 <= ks["chosen"] <= 30 and ks["chosen"] == m["n_clusters"]
     scores = json.loads((auto_run / "k_search.json").read_text())["scores"]
     assert [s["k"] for s in scores] == list(range(2, 31))
-    assert max(scores, key=lambda s: s["silhouette"])["k"] == ks["chosen"]
+    assert ranked(scores, CRITERION)[0] == ks["chosen"]
+    assert set(ks) >= {"chosen", "runner_up", "criterion"}
+    favourites = json.loads((auto_run / "k_search.json").read_text())["favourites"]
+    assert favourites[CRITERION] == ks["chosen"] and set(favourites) >= {"bic", "icl", "stability"}
     for name in ("report.html", "clusters.png", "k_search.png", "embedding.png", "labels.csv", "config.yaml"):
         assert (auto_run / name).stat().st_size > 0, name
     labels = [int(r["cluster"]) for r in csv.DictReader(open(auto_run / "labels.csv"))]
