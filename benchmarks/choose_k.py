@@ -10,7 +10,8 @@
 the K search of :mod:`mfvc_gpu.choose_k` with the run's seed and prints every criterion's K
 against the true number of classes, then, per criterion, how many embeddings it puts within ±1
 (and ±2) of the truth. Writes ``OUT/choose_k.md`` and one ``OUT/<name>.png`` (every criterion
-per K) per embedding.
+per K) and ``OUT/<name>.json`` (every K's scores: rules can be compared on them without
+searching again) per embedding.
 """
 
 from __future__ import annotations
@@ -71,6 +72,7 @@ def main(argv=None) -> int:
 
     from mfvc_gpu.bench.report import write_atomic
     from mfvc_gpu.choose_k import CRITERIA, plot_k_search, search_k
+    from mfvc_gpu.fileio import write_json
 
     a.out.mkdir(parents=True, exist_ok=True)
     inputs = list(run_embeddings(a.runs))
@@ -86,6 +88,7 @@ def main(argv=None) -> int:
     for name, emb, seed, true_k in inputs:
         s = search_k(emb, seed=seed)
         plot_k_search(s, a.out / f"{name}.png", f"{name}: true K = {true_k}")
+        write_json(a.out / f"{name}.json", dict(s.to_dict(), true_k=true_k))
         for c in CRITERIA:
             picks[c].append((s.favourites[c], true_k))
         cells = " | ".join(

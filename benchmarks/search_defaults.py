@@ -50,6 +50,9 @@ POINTS: dict[str, tuple[str, dict]] = {
     "augment=0.05": ("network", {"augment": 0.05}),
     "augment=0.1": ("network", {"augment": 0.1}),
     "augment=0.2": ("network", {"augment": 0.2}),
+    # the same networks, the mixture with 50 restarts: less of the clustering's luck in the comparison
+    "augment=0.05+n_init=50": ("network", {"augment": 0.05, "n_init": 50}),
+    "augment=0.1+n_init=50": ("network", {"augment": 0.1, "n_init": 50}),
     "paper": ("manifold", {}),
     "nn=10": ("manifold", {"n_neighbors": 10}),
     "nn=15": ("manifold", {"n_neighbors": 15}),

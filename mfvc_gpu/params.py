@@ -32,7 +32,8 @@ STAGES = ("data", "network", "train", "manifold", "cluster", "placement", "run")
 # The protocols: a setting whose value is None takes its profile's. "paper" is the paper's
 # (section 3): AdamW, lr 0.005, cosine annealing, batch 64, 200 epochs; UMAP on Euclidean distances,
 # then K-Means. "fast" is the CPU profile: the same training for 30 epochs, then UMAP on cosine
-# distances and a Gaussian mixture (how it was chosen: docs/RESULTS.md, "Search of the defaults").
+# distances and a Gaussian mixture (how it was chosen: docs/RESULTS.md, "Searching the defaults";
+# why it trains without augment: "Invariant training").
 PROFILES: dict[str, dict[str, Any]] = {
     "paper": {"epochs": 200, "batch_size": 64, "lr": 0.005, "augment": 0.0, "metric": "euclidean", "cluster": "kmeans"},
     "fast": {"epochs": 30, "batch_size": 64, "lr": 0.005, "augment": 0.0, "metric": "cosine", "cluster": "gmm"},
@@ -191,7 +192,7 @@ PARAMS: tuple[Param, ...] = (
       choices=("auto", "on", "off")),
     P("augment", float, None, "train", "strength of the random affine views training sees (each image shifted by up "
       "to this fraction of its side, turned by up to 100× it in degrees, scaled within 1 ± it); 0: the images as "
-      "they are; encoding never augments; None: the profile's (paper: 0)", low=0.0, high=0.5, optional=True),
+      "they are; encoding never augments; None: the profile's (0 in both)", low=0.0, high=0.5, optional=True),
     # the manifold stage
     P("manifold", str, "umap", "manifold", "'umap' (paper), 'isomap' (ablation) or 'none' (cluster the codes)",
       choices=("umap", "isomap", "none"), field="method"),

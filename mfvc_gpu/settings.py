@@ -53,7 +53,7 @@ class TrainConfig(Settings):
         enough to repay the compilation (docs/BENCHMARKS.md)
     augment : strength of the random affine views training sees (each image shifted by up to this fraction of its
         side, turned by up to 100× it in degrees, scaled within 1 ± it); 0: the images as they are; encoding never
-        augments; None: the profile's (paper: 0)
+        augments; None: the profile's (0 in both)
     """
 
     table: ClassVar[str] = "train"
@@ -149,7 +149,7 @@ class RunFields(Settings):
         enough to repay the compilation (docs/BENCHMARKS.md)
     augment : strength of the random affine views training sees (each image shifted by up to this fraction of its
         side, turned by up to 100× it in degrees, scaled within 1 ± it); 0: the images as they are; encoding never
-        augments; None: the profile's (paper: 0)
+        augments; None: the profile's (0 in both)
     manifold : 'umap' (paper), 'isomap' (ablation) or 'none' (cluster the codes)
     n_neighbors : UMAP/Isomap neighbourhood; larger favours global structure (paper: 27)
     min_dist : how tightly UMAP packs points; 0 gives the dense clumps K-Means likes
@@ -250,7 +250,7 @@ class EstimatorParams:
         enough to repay the compilation (docs/BENCHMARKS.md)
     augment : strength of the random affine views training sees (each image shifted by up to this fraction of its
         side, turned by up to 100× it in degrees, scaled within 1 ± it); 0: the images as they are; encoding never
-        augments; None: the profile's (paper: 0)
+        augments; None: the profile's (0 in both)
     manifold : 'umap' (paper), 'isomap' (ablation) or 'none' (cluster the codes)
     n_neighbors : UMAP/Isomap neighbourhood; larger favours global structure (paper: 27)
     min_dist : how tightly UMAP packs points; 0 gives the dense clumps K-Means likes
