@@ -12,9 +12,14 @@ fixed random sample of it (at most ``sample`` points, the same for every K), by 
 * ``stability`` (higher is better): K-Means fitted on two random halves of the sample, both
   applied to the whole sample, the adjusted Rand index of the two labelings, averaged over
   ``STABILITY_PAIRS`` pairs (Ben-Hur, Elisseeff & Guyon 2002; Lange et al. 2004);
+* ``bic_knee`` (higher is better): where the BIC curve bends. With UMAP's tight, curved clumps the
+  BIC itself keeps falling as K grows (more Gaussians always fit them better), but it falls
+  steeply up to the number of clumps and slowly after; with K and the BIC scaled to [0, 1] over the
+  range, this is how far below the straight line between the range's two ends the curve lies
+  (the "Kneedle" knee, Satopää et al. 2011);
 * ``calinski_harabasz`` (higher) and ``davies_bouldin`` (lower), kept for comparison.
 
-One of them, :data:`CRITERION`, chooses; it was chosen by measurement (docs/RESULTS.md, "Choosing
+One of them, :data:`CRITERION` (the BIC's knee), chooses; it was chosen by measurement (docs/RESULTS.md, "Choosing
 K"), and every criterion's favourite K is kept beside the choice, so a report can say where they
 disagree. Everything is seeded by ``seed``: a seed gives the same scores and the same K.
 
@@ -31,13 +36,14 @@ from dataclasses import dataclass, field
 import numpy as np
 
 DEFAULT_RANGE = (2, 30)
-CRITERION = "silhouette"
+CRITERION = "bic_knee"
 STABILITY_PAIRS = 4
 # criterion -> +1 where higher is better, -1 where lower is
 CRITERIA = {
     "silhouette": +1,
     "bic": -1,
     "icl": -1,
+    "bic_knee": +1,
     "stability": +1,
     "calinski_harabasz": +1,
     "davies_bouldin": -1,
@@ -74,6 +80,17 @@ def ranked(scores: list[dict], criterion: str) -> list[int]:
     """The K of ``scores`` from best to worst by ``criterion`` (ties: the smaller K first)."""
     sign = CRITERIA[criterion]
     return [s["k"] for s in sorted(scores, key=lambda s: (-sign * s[criterion], s["k"]))]
+
+
+def knee_depth(ks: list[int], values: list[float]) -> list[float]:
+    """For a curve falling with K: how far below the chord between its two ends each point lies, with K and
+    the values scaled to [0, 1] (0 at the ends; all 0 for a flat curve or a single K)."""
+    k, y = np.asarray(ks, dtype=np.float64), np.asarray(values, dtype=np.float64)
+    if len(k) < 2 or np.ptp(y) == 0:
+        return [0.0] * len(k)
+    kn, yn = (k - k.min()) / np.ptp(k), (y - y.min()) / np.ptp(y)
+    chord = yn[0] + (yn[-1] - yn[0]) * kn
+    return [float(v) for v in chord - yn]
 
 
 def _mixture_scores(xs: np.ndarray, k: int, n_init: int, seed: int) -> tuple[float, float]:
@@ -143,6 +160,8 @@ def search_k(
         )
     if not out.scores:
         raise ValueError(f"no K in {lo}..{hi} could be scored on {len(x)} points")
+    for row, knee in zip(out.scores, knee_depth([r["k"] for r in out.scores], [r["bic"] for r in out.scores])):
+        row["bic_knee"] = knee
     order = ranked(out.scores, criterion)
     out.chosen = order[0]
     out.runner_up = order[1] if len(order) > 1 else None
@@ -186,4 +205,4 @@ def plot_k_search(search: KSearch | dict, path=None, title: str = ""):
         plt.close(fig)
 
 
-__all__ = ["KSearch", "search_k", "plot_k_search", "ranked", "DEFAULT_RANGE", "CRITERIA", "CRITERION"]
+__all__ = ["KSearch", "search_k", "plot_k_search", "ranked", "knee_depth", "DEFAULT_RANGE", "CRITERIA", "CRITERION"]

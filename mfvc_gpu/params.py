@@ -155,7 +155,8 @@ PARAMS: tuple[Param, ...] = (
       field=None),
     # the clustering target
     P("n_clusters", int, 10, "cluster", "number of clusters, and UMAP's output dimension unless n_components is set; "
-      "'auto': chosen by the silhouette over k_min..k_max in the UMAP space; a run without it takes the data set's "
+      "'auto': chosen at the knee of a Gaussian mixture's BIC over k_min..k_max in the UMAP space; a run without "
+      "it takes the data set's "
       "number of classes, or 'auto' when it has no labels", low=1, optional=True, field=None, run_default=None,
       words=("auto",)),
     P("k_min", int, 2, "cluster", "with n_clusters='auto': the smallest K tried", low=2, field=None),

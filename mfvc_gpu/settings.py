@@ -122,9 +122,9 @@ class RunFields(Settings):
         says how many were left out
     pixel_max : the value of a white pixel; None: 255 for 8-bit images, 65535 for 16-bit, 1.0 for floats (float
         pixels outside [0, 1] are then refused)
-    n_clusters : number of clusters, and UMAP's output dimension unless n_components is set; 'auto': chosen by the
-        silhouette over k_min..k_max in the UMAP space; a run without it takes the data set's number of classes, or
-        'auto' when it has no labels
+    n_clusters : number of clusters, and UMAP's output dimension unless n_components is set; 'auto': chosen at the
+        knee of a Gaussian mixture's BIC over k_min..k_max in the UMAP space; a run without it takes the data set's
+        number of classes, or 'auto' when it has no labels
     k_min : with n_clusters='auto': the smallest K tried
     k_max : with n_clusters='auto': the largest K tried
     encoder : 'vae': the β-VAE's posterior means; 'none': raw pixels (or given features) go to the manifold stage (a
@@ -223,9 +223,9 @@ class EstimatorParams:
 
     pixel_max : the value of a white pixel; None: 255 for 8-bit images, 65535 for 16-bit, 1.0 for floats (float
         pixels outside [0, 1] are then refused)
-    n_clusters : number of clusters, and UMAP's output dimension unless n_components is set; 'auto': chosen by the
-        silhouette over k_min..k_max in the UMAP space; a run without it takes the data set's number of classes, or
-        'auto' when it has no labels
+    n_clusters : number of clusters, and UMAP's output dimension unless n_components is set; 'auto': chosen at the
+        knee of a Gaussian mixture's BIC over k_min..k_max in the UMAP space; a run without it takes the data set's
+        number of classes, or 'auto' when it has no labels
     k_min : with n_clusters='auto': the smallest K tried
     k_max : with n_clusters='auto': the largest K tried
     encoder : 'vae': the β-VAE's posterior means; 'none': raw pixels (or given features) go to the manifold stage (a

@@ -77,6 +77,18 @@ def test_every_criterion_is_scored_and_a_seed_gives_the_same_k():
         search_k(x, (2, 9), criterion="gap")
 
 
+def test_the_knee_is_where_a_falling_curve_bends():
+    """Steep to K = 10, nearly flat after (the shape the BIC takes on UMAP's clumps): the knee is 10, the
+    ends lie on the chord, and a flat curve has no knee."""
+    from mfvc_gpu.choose_k import knee_depth
+
+    ks = list(range(2, 31))
+    bic = [-20_000.0 * k if k <= 10 else -200_000.0 - 1_000.0 * (k - 10) for k in ks]
+    depth = knee_depth(ks, bic)
+    assert ks[int(np.argmax(depth))] == 10 and depth[0] == depth[-1] == 0.0
+    assert knee_depth(ks, [5.0] * len(ks)) == [0.0] * len(ks) and knee_depth([4], [1.0]) == [0.0]
+
+
 def test_the_report_says_where_the_criteria_disagree():
     from mfvc_gpu.report import _k_text
 
