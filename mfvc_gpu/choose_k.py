@@ -134,12 +134,12 @@ def search_k(
     if criterion not in CRITERIA:
         raise ValueError(f"criterion={criterion!r} is not one of {', '.join(CRITERIA)}")
     t0 = time.perf_counter()
-    x = np.ascontiguousarray(embedding, dtype=np.float64)
-    lo, hi = int(k_range[0]), min(int(k_range[1]), len(x) - 1)
-    rng = np.random.default_rng(seed)
-    idx = np.sort(rng.choice(len(x), min(sample, len(x)), replace=False))
+    embedding = np.asarray(embedding)  # no copy for an array
+    n = len(embedding)
+    lo, hi = int(k_range[0]), min(int(k_range[1]), n - 1)
+    idx = np.sort(np.random.default_rng(seed).choice(n, min(sample, n), replace=False))
     out = KSearch(sample=len(idx), criterion=criterion)
-    xs = x[idx]
+    xs = np.asarray(embedding[idx], dtype=np.float64)  # only the sample is converted
     for k in range(lo, hi + 1):
         km = KMeans(n_clusters=k, n_init=n_init, random_state=seed).fit(xs)
         labels = km.labels_
@@ -159,7 +159,7 @@ def search_k(
             )
         )
     if not out.scores:
-        raise ValueError(f"no K in {lo}..{hi} could be scored on {len(x)} points")
+        raise ValueError(f"no K in {lo}..{hi} could be scored on {n} points")
     for row, knee in zip(out.scores, knee_depth([r["k"] for r in out.scores], [r["bic"] for r in out.scores])):
         row["bic_knee"] = knee
     order = ranked(out.scores, criterion)

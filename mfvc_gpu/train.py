@@ -253,7 +253,8 @@ def _train(model, images, cfg, device, seed, checkpoint, resume, progress) -> li
     fmt = memory_format()
     model.to(device, memory_format=fmt).train()
     opt = make_optimizer(model, cfg)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs * steps)
+    total_steps = planned_steps(cfg, n)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total_steps)
     gen = torch.Generator(device=device).manual_seed(seed)  # the data order, drawn where the data is
     settings = _checkpoint_settings(cfg, model, images, seed)
     history: list[dict] = []
@@ -271,7 +272,7 @@ def _train(model, images, cfg, device, seed, checkpoint, resume, progress) -> li
         history = [dict(zip(state["history_keys"], map(float, row))) for row in state["history"].tolist()]
         log.info("resumed from %s at epoch %d", checkpoint, start)
     data = torch.from_numpy(np.ascontiguousarray(images)).to(device)  # uint8 stays uint8: 1 byte a pixel
-    compiled = use_compile(cfg.compile, device, cfg.epochs * steps)
+    compiled = use_compile(cfg.compile, device, total_steps)
     forward_loss = forward_loss_fn(model, model.cfg.beta, use_amp(cfg.amp, device), device, compiled)
     bar = tqdm(
         range(start, cfg.epochs),
